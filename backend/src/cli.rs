@@ -1,0 +1,248 @@
+//! The `specdec` command line. Configuration is read here, once, and passed on
+//! as plain structs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DraftParams, DrafterConfig, DrafterKind, RegistryConfig, TargetConfig};
+use crate::engine::{ChatMessage, DrafterChoice, Engine, EngineConfig, GenerationRequest, Prompt};
+use crate::models;
+use crate::speculative::sampling::SamplingParams;
+
+/// Speculative decoding with language-specialised drafters on llama.cpp.
+#[derive(Debug, Parser)]
+#[command(name = "specdec", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate from one prompt and print the text and statistics.
+    Generate(GenerateArgs),
+    /// Validate a registry file and every drafter's compatibility, without serving.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// CPU threads per evaluation (default: all cores).
+    #[arg(long, env = "SPECDEC_THREADS")]
+    threads: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// Target GGUF (default: the 1.5B Qwen target in the model directory).
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Drafter GGUF sharing the target's tokenizer.
+    #[arg(long, conflicts_with = "ngram")]
+    drafter: Option<PathBuf>,
+    /// Draft by n-gram prompt lookup instead of a model.
+    #[arg(long)]
+    ngram: bool,
+    /// Raw text prompt.
+    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    prompt: Option<String>,
+    /// A user message, rendered with the target's chat template.
+    #[arg(long)]
+    chat: Option<String>,
+    /// A system message to put before `--chat`.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Top-k cut (0 disables).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus cut (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Min-p cut (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Most tokens drafted per round.
+    #[arg(long, default_value_t = DraftParams::default().max)]
+    draft_max: u32,
+    /// Fewer drafted tokens than this and the round skips speculation.
+    #[arg(long, default_value_t = DraftParams::default().min)]
+    draft_min: u32,
+    /// Stop drafting when the drafter's top probability is below this.
+    #[arg(long, default_value_t = DraftParams::default().p_min)]
+    draft_p_min: f32,
+    /// Context length.
+    #[arg(long, default_value_t = crate::config::DEFAULT_CONTEXT)]
+    context: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The registry file (YAML).
+    #[arg(long, env = "SPECDEC_REGISTRY")]
+    registry: PathBuf,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Run the command line; errors are printed, never panicked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Check(args) => check(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPECDEC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,specdec_backend=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+const DRAFTER_NAME: &str = "drafter";
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let target = args
+        .target
+        .unwrap_or_else(|| models::model_path(models::DEFAULT_TARGET_FILE));
+    let draft = DraftParams {
+        max: args.draft_max,
+        min: args.draft_min,
+        p_min: args.draft_p_min,
+        adaptive: false,
+    };
+    let drafter = match (&args.drafter, args.ngram) {
+        (Some(path), _) => Some(DrafterConfig {
+            name: DRAFTER_NAME.into(),
+            kind: DrafterKind::Model,
+            languages: Vec::new(),
+            model: Some(path.clone()),
+            gpu_layers: 0,
+            draft,
+        }),
+        (None, true) => Some(DrafterConfig {
+            name: DRAFTER_NAME.into(),
+            kind: DrafterKind::Ngram,
+            languages: Vec::new(),
+            model: None,
+            gpu_layers: 0,
+            draft,
+        }),
+        (None, false) => None,
+    };
+    let mut config = EngineConfig::new(TargetConfig {
+        model: target,
+        context: args.context,
+        gpu_layers: 0,
+    });
+    if let Some(threads) = args.engine.threads {
+        config.threads = threads;
+    }
+    let choice = match &drafter {
+        Some(d) => DrafterChoice::Named(d.name.clone()),
+        None => DrafterChoice::None,
+    };
+    config.drafters.extend(drafter);
+    let prompt = match (args.prompt, args.chat) {
+        (Some(text), _) => Prompt::Text(text),
+        (None, Some(user)) => {
+            let mut messages = Vec::new();
+            if let Some(system) = args.system {
+                messages.push(ChatMessage {
+                    role: "system".into(),
+                    content: system,
+                });
+            }
+            messages.push(ChatMessage {
+                role: "user".into(),
+                content: user,
+            });
+            Prompt::Chat(messages)
+        }
+        (None, None) => anyhow::bail!("give --prompt or --chat"),
+    };
+    let engine = Engine::start(config)?;
+    let request = GenerationRequest {
+        prompt,
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            seed: args.seed,
+        },
+        drafter: choice,
+        draft: None,
+        stop: args.stop,
+    };
+    let completion = engine.generate_blocking(request)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&completion)?);
+    } else {
+        println!("{}", completion.text);
+        let s = &completion.stats;
+        eprintln!(
+            "[{} prompt + {} generated tokens, finish {:?}; {:.1} tokens/s; {} rounds, drafted {}, accepted {} ({:.1} %), mean accepted length {:.2}]",
+            s.prompt_tokens,
+            s.completion_tokens,
+            completion.finish_reason,
+            s.tokens_per_second,
+            s.rounds,
+            s.draft_tokens,
+            s.accepted_tokens,
+            s.acceptance_rate * 100.0,
+            s.mean_accepted_length,
+        );
+    }
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.registry)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.registry.display()))?;
+    let registry = RegistryConfig::from_yaml(&text)?;
+    let mut config = EngineConfig::new(registry.target.clone());
+    config.drafters = registry.drafters.clone();
+    if let Some(threads) = args.engine.threads {
+        config.threads = threads;
+    }
+    let engine = Engine::start(config)?;
+    println!(
+        "ok: target {} (context {}), drafters: {}",
+        registry.target.model.display(),
+        engine.info().context,
+        engine.info().drafters.join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! The engine: the only code that touches llama.cpp.
+//!
+//! llama.cpp contexts are not thread-safe, so the models and contexts live on
+//! a dedicated thread ([`worker`]); callers hold a cheap [`Engine`] handle and
+//! talk to it through channels, from async code or blocking code alike.
+
+pub mod error;
+pub mod request;
+pub mod vocab;
+mod worker;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::{DraftParams, DrafterConfig, TargetConfig};
+
+pub use error::EngineError;
+pub use request::{
+    ChatMessage, Completion, DrafterChoice, FinishReason, GenerationEvent, GenerationRequest,
+    GenerationStats, Prompt,
+};
+
+/// What the engine loads.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The target model.
+    pub target: TargetConfig,
+    /// Drafters, by name.
+    pub drafters: Vec<DrafterConfig>,
+    /// CPU threads llama.cpp uses per evaluation.
+    pub threads: u32,
+    /// Sequences generated concurrently (each with its own contexts).
+    pub slots: usize,
+    /// Most tokens evaluated in one target pass when verifying a draft; a
+    /// longer draft is verified in several passes, stopping at a rejection.
+    pub max_verify_batch: usize,
+}
+
+/// Default of [`EngineConfig::max_verify_batch`]. On CPU, llama.cpp computes
+/// the logits of a batch of up to 7 tokens bit-identically to evaluating the
+/// tokens one by one, but not those of larger batches (measured with the
+/// `batch_invariance` example), so greedy speculation stays token-exact only
+/// with passes of at most 7. A pass on CPU costs about linearly in its tokens,
+/// so the split costs little. GPU builds verify a whole draft in one pass.
+pub const DEFAULT_MAX_VERIFY_BATCH: usize = if cfg!(any(feature = "cuda", feature = "metal")) {
+    DraftParams::MAX_DRAFT as usize + 1
+} else {
+    7
+};
+
+impl EngineConfig {
+    /// A configuration for one target, no drafters, one slot, all cores.
+    pub fn new(target: TargetConfig) -> Self {
+        Self {
+            target,
+            drafters: Vec::new(),
+            threads: default_threads(),
+            slots: 1,
+            max_verify_batch: DEFAULT_MAX_VERIFY_BATCH,
+        }
+    }
+}
+
+/// The number of CPU threads used when none is configured: all cores.
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Facts about a loaded engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Context length in tokens.
+    pub context: usize,
+    /// Size of the target's vocabulary.
+    pub vocab_size: usize,
+    /// Names of the loaded drafters.
+    pub drafters: Vec<String>,
+    /// Whether the target GGUF carries a chat template.
+    pub has_chat_template: bool,
+    /// Concurrent sequences.
+    pub slots: usize,
+}
+
+/// Handle to a running engine. Cloning is cheap; the engine thread ends when
+/// the last handle is dropped and the requests in flight are done.
+#[derive(Clone)]
+pub struct Engine {
+    commands: mpsc::UnboundedSender<worker::Command>,
+    info: Arc<EngineInfo>,
+}
+
+impl Engine {
+    /// Load the models on a new engine thread and wait until they are ready.
+    /// Blocks: call it before serving, or from `spawn_blocking`.
+    pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("specdec-engine".into())
+            .spawn(move || worker::run(config, ready_tx, commands_rx))
+            .map_err(|e| EngineError::Context {
+                model: "the engine thread".into(),
+                reason: e.to_string(),
+            })?;
+        let info = ready_rx.recv().map_err(|_| EngineError::ShutDown)??;
+        Ok(Self {
+            commands,
+            info: Arc::new(info),
+        })
+    }
+
+    /// Facts about the loaded models.
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    /// Queue a request; its events arrive on the returned channel. Dropping
+    /// the receiver cancels the generation and frees its slot.
+    pub fn submit(&self, request: GenerationRequest) -> mpsc::UnboundedReceiver<GenerationEvent> {
+        let (events, rx) = mpsc::unbounded_channel();
+        if let Err(rejected) = self.commands.send(worker::Command { request, events }) {
+            let _ = rejected
+                .0
+                .events
+                .send(GenerationEvent::Failed(EngineError::ShutDown));
+        }
+        rx
+    }
+
+    /// Generate to the end and collect the result.
+    pub async fn generate(&self, request: GenerationRequest) -> Result<Completion, EngineError> {
+        let mut events = self.submit(request);
+        let mut collector = Collector::default();
+        while let Some(event) = events.recv().await {
+            if let Some(done) = collector.push(event) {
+                return done;
+            }
+        }
+        Err(EngineError::ShutDown)
+    }
+
+    /// [`Engine::generate`] for blocking callers (not on an async worker).
+    pub fn generate_blocking(&self, request: GenerationRequest) -> Result<Completion, EngineError> {
+        let mut events = self.submit(request);
+        let mut collector = Collector::default();
+        while let Some(event) = events.blocking_recv() {
+            if let Some(done) = collector.push(event) {
+                return done;
+            }
+        }
+        Err(EngineError::ShutDown)
+    }
+}
+
+/// Folds a stream of events into a [`Completion`].
+#[derive(Default)]
+struct Collector {
+    text: String,
+    token_ids: Vec<u32>,
+    drafter: Option<String>,
+}
+
+impl Collector {
+    fn push(&mut self, event: GenerationEvent) -> Option<Result<Completion, EngineError>> {
+        match event {
+            GenerationEvent::Started { drafter, .. } => self.drafter = drafter,
+            GenerationEvent::Tokens { text, token_ids } => {
+                self.text.push_str(&text);
+                self.token_ids.extend(token_ids);
+            }
+            GenerationEvent::Finished { reason, stats } => {
+                return Some(Ok(Completion {
+                    text: std::mem::take(&mut self.text),
+                    token_ids: std::mem::take(&mut self.token_ids),
+                    finish_reason: reason,
+                    drafter: self.drafter.take(),
+                    stats,
+                }))
+            }
+            GenerationEvent::Failed(e) => return Some(Err(e)),
+        }
+        None
+    }
+}

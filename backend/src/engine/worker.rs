@@ -1,0 +1,787 @@
+//! The engine thread. It owns llama.cpp: the backend, the models and one set
+//! of contexts per slot (a target context and one per model drafter). Requests
+//! arrive over a channel, wait in a queue for a free slot, and advance one
+//! draft-and-verify round at a time, slots in turn, so concurrent requests
+//! share the thread fairly. Each request streams its events on its own channel.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::config::{DraftParams, DrafterKind};
+use crate::speculative::ngram::{self, NgramParams};
+use crate::speculative::sampling::{self, Distribution, SamplingParams};
+use crate::speculative::text::TextAssembler;
+use crate::speculative::verifier::{self, Verdict};
+
+use super::error::EngineError;
+use super::request::{
+    DrafterChoice, FinishReason, GenerationEvent, GenerationRequest, GenerationStats, Prompt,
+};
+use super::vocab::{check_compatible, VocabInfo};
+use super::{EngineConfig, EngineInfo};
+
+/// Whether contexts use a Q8_0 KV cache with flash attention. On CPU, ggml
+/// decodes a single token over an F16/F32 cache of 512 or more cells with a
+/// split-KV kernel whose reduction order differs from the per-row kernel used
+/// for batches, so a token's logits would depend on whether it was verified in
+/// a batch or decoded alone once the context passes about 256 tokens. A Q8_0
+/// cache takes the per-row kernel for both (measured bit-identical up to
+/// 1,500 tokens with the `batch_invariance` example) and halves KV memory.
+const BATCH_INVARIANT_KV: bool = !cfg!(any(feature = "cuda", feature = "metal"));
+
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_ENABLED`.
+const FLASH_ATTENTION_ENABLED: i32 = 1;
+
+/// Tokens evaluated per llama.cpp batch when reading a prompt.
+const PROMPT_CHUNK: usize = 512;
+
+/// A message to the engine thread.
+pub(super) struct Command {
+    pub request: GenerationRequest,
+    pub events: UnboundedSender<GenerationEvent>,
+}
+
+/// llama.cpp's backend may be initialised once per process; engines share it.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|reason| EngineError::ModelLoad {
+            path: "<backend>".into(),
+            reason: reason.clone(),
+        })
+}
+
+fn load_model(path: &Path, gpu_layers: u32) -> Result<LlamaModel, EngineError> {
+    if !path.is_file() {
+        return Err(EngineError::ModelNotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+    LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| EngineError::ModelLoad {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{e} (not a valid GGUF model, truncated, or of an unsupported architecture)"
+        ),
+    })
+}
+
+/// A drafter as loaded: its settings and, for model drafters, the model.
+struct LoadedDrafter {
+    name: String,
+    draft: DraftParams,
+    model: Option<LlamaModel>,
+}
+
+/// Load the models and check every drafter against the target.
+fn load_models(config: &EngineConfig) -> Result<(LlamaModel, Vec<LoadedDrafter>), EngineError> {
+    let target = load_model(&config.target.model, config.target.gpu_layers)?;
+    let target_vocab = VocabInfo::of(&target);
+    let mut drafters = Vec::with_capacity(config.drafters.len());
+    for spec in &config.drafters {
+        let model = match (spec.kind, &spec.model) {
+            (DrafterKind::Ngram, _) => None,
+            (DrafterKind::Model, None) => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "drafter `{}` of kind model has no model file",
+                    spec.name
+                )))
+            }
+            (DrafterKind::Model, Some(path)) => {
+                let model = load_model(path, spec.gpu_layers)?;
+                check_compatible(&target_vocab, &VocabInfo::of(&model)).map_err(|reason| {
+                    EngineError::IncompatibleDrafter {
+                        drafter: spec.name.clone(),
+                        reason,
+                    }
+                })?;
+                Some(model)
+            }
+        };
+        spec.draft
+            .validate()
+            .map_err(|e| EngineError::InvalidRequest(format!("drafter `{}`: {e}", spec.name)))?;
+        if spec.draft.adaptive {
+            tracing::warn!(
+                drafter = %spec.name,
+                "adaptive draft length is not implemented yet; drafting up to draft.max every round"
+            );
+        }
+        drafters.push(LoadedDrafter {
+            name: spec.name.clone(),
+            draft: spec.draft,
+            model,
+        });
+    }
+    Ok((target, drafters))
+}
+
+fn new_context<'m>(
+    model: &'m LlamaModel,
+    name: &str,
+    context: u32,
+    threads: i32,
+) -> Result<LlamaContext<'m>, EngineError> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(context))
+        .with_n_batch(PROMPT_CHUNK as u32)
+        .with_n_ubatch(PROMPT_CHUNK as u32)
+        .with_n_seq_max(1)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    // Batch-invariant attention (see `BATCH_INVARIANT_KV`): flash attention
+    // over a quantized KV cache takes the same per-row kernel for one token as
+    // for a batch, at every context length.
+    let params = if BATCH_INVARIANT_KV {
+        params
+            .with_flash_attention_policy(FLASH_ATTENTION_ENABLED)
+            .with_type_k(KvCacheType::Q8_0)
+            .with_type_v(KvCacheType::Q8_0)
+    } else {
+        params
+    };
+    model
+        .new_context(backend()?, params)
+        .map_err(|e| EngineError::Context {
+            model: name.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Load everything, report readiness (or the load error), then serve commands
+/// until every handle is dropped.
+pub(super) fn run(
+    config: EngineConfig,
+    ready: std::sync::mpsc::SyncSender<Result<EngineInfo, EngineError>>,
+    commands: UnboundedReceiver<Command>,
+) {
+    let (target, drafters) = match load_models(&config) {
+        Ok(models) => models,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let threads = config.threads as i32;
+    let mut slots = Vec::with_capacity(config.slots);
+    for _ in 0..config.slots.max(1) {
+        match Slot::new(&target, &drafters, config.target.context, threads) {
+            Ok(slot) => slots.push(slot),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    let info = EngineInfo {
+        context: config.target.context as usize,
+        vocab_size: target.vocab().n_tokens().max(0) as usize,
+        drafters: drafters.iter().map(|d| d.name.clone()).collect(),
+        has_chat_template: target.chat_template(None).is_ok(),
+        slots: slots.len(),
+    };
+    if ready.send(Ok(info)).is_err() {
+        return;
+    }
+    let mut scheduler = Scheduler {
+        target: &target,
+        drafters: &drafters,
+        context: config.target.context as usize,
+        max_verify_batch: config.max_verify_batch,
+        slots,
+        waiting: VecDeque::new(),
+    };
+    scheduler.serve(commands);
+}
+
+/// One sequence's worth of llama.cpp state.
+struct Slot<'m> {
+    target: LlamaContext<'m>,
+    /// One context per drafter, `None` for model-free drafters.
+    drafters: Vec<Option<LlamaContext<'m>>>,
+    batch: LlamaBatch<'static>,
+    sequence: Option<Sequence>,
+}
+
+impl<'m> Slot<'m> {
+    fn new(
+        target: &'m LlamaModel,
+        drafters: &'m [LoadedDrafter],
+        context: u32,
+        threads: i32,
+    ) -> Result<Self, EngineError> {
+        let target_ctx = new_context(target, "the target", context, threads)?;
+        let mut drafter_ctxs = Vec::with_capacity(drafters.len());
+        for d in drafters {
+            drafter_ctxs.push(match &d.model {
+                Some(model) => Some(new_context(model, &d.name, context, threads)?),
+                None => None,
+            });
+        }
+        let capacity = PROMPT_CHUNK.max(DraftParams::MAX_DRAFT as usize + 1);
+        Ok(Self {
+            target: target_ctx,
+            drafters: drafter_ctxs,
+            batch: LlamaBatch::new(capacity, 1),
+            sequence: None,
+        })
+    }
+}
+
+/// A request, validated and tokenized, waiting for a slot.
+struct Prepared {
+    tokens: Vec<u32>,
+    drafter: Option<usize>,
+    draft: DraftParams,
+    sampling: SamplingParams,
+    max_tokens: usize,
+    stop: Vec<String>,
+}
+
+/// A request being generated in a slot.
+struct Sequence {
+    events: UnboundedSender<GenerationEvent>,
+    drafter: Option<usize>,
+    draft: DraftParams,
+    sampling: SamplingParams,
+    max_tokens: usize,
+    /// Prompt and generated tokens.
+    tokens: Vec<u32>,
+    /// Tokens whose keys and values are in the target's KV cache (a prefix of `tokens`).
+    target_past: usize,
+    /// Positions held in the drafter's KV cache; beyond `tokens.len()` they
+    /// are the current round's drafted tokens.
+    drafter_past: usize,
+    rng: ChaCha8Rng,
+    text: TextAssembler,
+    stats: GenerationStats,
+    started: Instant,
+}
+
+/// What a round ended with.
+enum Progress {
+    Continue,
+    Finished(FinishReason),
+}
+
+struct Scheduler<'m> {
+    target: &'m LlamaModel,
+    drafters: &'m [LoadedDrafter],
+    context: usize,
+    max_verify_batch: usize,
+    slots: Vec<Slot<'m>>,
+    waiting: VecDeque<(Prepared, UnboundedSender<GenerationEvent>)>,
+}
+
+impl<'m> Scheduler<'m> {
+    fn serve(&mut self, mut commands: UnboundedReceiver<Command>) {
+        let mut open = true;
+        loop {
+            let busy = self.slots.iter().any(|s| s.sequence.is_some());
+            if !busy && self.waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match commands.blocking_recv() {
+                    Some(command) => self.accept(command),
+                    None => return,
+                }
+            }
+            while open {
+                match commands.try_recv() {
+                    Ok(command) => self.accept(command),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.admit();
+            for index in 0..self.slots.len() {
+                self.advance(index);
+            }
+        }
+    }
+
+    /// Validate and tokenize a request; refuse it at once if it is bad.
+    fn accept(&mut self, command: Command) {
+        match self.prepare(command.request) {
+            Ok(prepared) => self.waiting.push_back((prepared, command.events)),
+            Err(e) => {
+                let _ = command.events.send(GenerationEvent::Failed(e));
+            }
+        }
+    }
+
+    fn prepare(&self, request: GenerationRequest) -> Result<Prepared, EngineError> {
+        if request.max_tokens == 0 {
+            return Err(EngineError::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        validate_sampling(&request.sampling)?;
+        let (drafter, draft) = match &request.drafter {
+            DrafterChoice::None => (None, DraftParams::default()),
+            DrafterChoice::Named(name) => {
+                let index = self
+                    .drafters
+                    .iter()
+                    .position(|d| &d.name == name)
+                    .ok_or_else(|| EngineError::UnknownDrafter(name.clone()))?;
+                (Some(index), self.drafters[index].draft)
+            }
+        };
+        let draft = request.draft.unwrap_or(draft);
+        draft.validate().map_err(EngineError::InvalidRequest)?;
+        let text = match &request.prompt {
+            Prompt::Text(text) => text.clone(),
+            Prompt::Chat(messages) => self.render_chat(messages)?,
+        };
+        let vocab = self.target.vocab();
+        let tokens: Vec<u32> = vocab
+            .tokenize(text.as_bytes(), true, true)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect();
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        if tokens.len() >= self.context {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: tokens.len(),
+                context: self.context,
+            });
+        }
+        Ok(Prepared {
+            tokens,
+            drafter,
+            draft,
+            sampling: request.sampling,
+            max_tokens: request.max_tokens,
+            stop: request.stop,
+        })
+    }
+
+    fn render_chat(&self, messages: &[super::request::ChatMessage]) -> Result<String, EngineError> {
+        if messages.is_empty() {
+            return Err(EngineError::InvalidRequest("messages is empty".into()));
+        }
+        let template = self.target.chat_template(None).map_err(|e| {
+            EngineError::InvalidRequest(format!("the target model has no chat template: {e}"))
+        })?;
+        let chat = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                EngineError::InvalidRequest(format!("message contains a NUL byte: {e}"))
+            })?;
+        self.target
+            .apply_chat_template(&template, &chat, true)
+            .map_err(|e| {
+                EngineError::InvalidRequest(format!("cannot apply the chat template: {e}"))
+            })
+    }
+
+    /// Move waiting requests into free slots.
+    fn admit(&mut self) {
+        for slot in &mut self.slots {
+            if slot.sequence.is_some() {
+                continue;
+            }
+            let Some((p, events)) = self.waiting.pop_front() else {
+                return;
+            };
+            if events.is_closed() {
+                continue;
+            }
+            slot.target.clear_kv_cache();
+            for ctx in slot.drafters.iter_mut().flatten() {
+                ctx.clear_kv_cache();
+            }
+            let stats = GenerationStats {
+                prompt_tokens: p.tokens.len(),
+                ..GenerationStats::default()
+            };
+            let _ = events.send(GenerationEvent::Started {
+                prompt_tokens: p.tokens.len(),
+                drafter: p.drafter.map(|i| self.drafters[i].name.clone()),
+            });
+            slot.sequence = Some(Sequence {
+                events,
+                drafter: p.drafter,
+                draft: p.draft,
+                rng: ChaCha8Rng::seed_from_u64(p.sampling.seed),
+                sampling: p.sampling,
+                max_tokens: p.max_tokens,
+                tokens: p.tokens,
+                target_past: 0,
+                drafter_past: 0,
+                text: TextAssembler::new(p.stop),
+                stats,
+                started: Instant::now(),
+            });
+        }
+    }
+
+    /// Run one round for the slot's sequence and report its outcome.
+    fn advance(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        let Some(seq) = slot.sequence.as_mut() else {
+            return;
+        };
+        if seq.events.is_closed() {
+            // The caller went away: free the slot.
+            slot.sequence = None;
+            return;
+        }
+        let outcome = round(self.target, self.context, self.max_verify_batch, slot);
+        let Some(seq) = slot.sequence.as_mut() else {
+            return;
+        };
+        match outcome {
+            Ok(Progress::Continue) => {}
+            Ok(Progress::Finished(reason)) => {
+                let tail = seq.text.finish();
+                if !tail.is_empty() {
+                    let _ = seq.events.send(GenerationEvent::Tokens {
+                        text: tail,
+                        token_ids: Vec::new(),
+                    });
+                }
+                seq.stats.total_ms = ms(seq.started);
+                seq.stats.finalize();
+                let _ = seq.events.send(GenerationEvent::Finished {
+                    reason,
+                    stats: std::mem::take(&mut seq.stats),
+                });
+                slot.sequence = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "generation failed");
+                let _ = seq.events.send(GenerationEvent::Failed(e));
+                slot.sequence = None;
+            }
+        }
+    }
+}
+
+fn validate_sampling(s: &SamplingParams) -> Result<(), EngineError> {
+    let bad = |msg: String| Err(EngineError::InvalidRequest(msg));
+    if !s.temperature.is_finite() || s.temperature < 0.0 {
+        return bad(format!(
+            "temperature {} must be a finite number >= 0",
+            s.temperature
+        ));
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return bad(format!("top_p {} must be in (0, 1]", s.top_p));
+    }
+    if !(0.0..1.0).contains(&s.min_p) {
+        return bad(format!("min_p {} must be in [0, 1)", s.min_p));
+    }
+    Ok(())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Evaluate `tokens` at positions from `start`; logits for all of them when
+/// `all_logits`, else for the last only.
+fn decode(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    tokens: &[u32],
+    start: usize,
+    all_logits: bool,
+) -> Result<(), EngineError> {
+    batch.clear();
+    for (i, &t) in tokens.iter().enumerate() {
+        let wants_logits = all_logits || i + 1 == tokens.len();
+        batch
+            .add(LlamaToken(t as i32), (start + i) as i32, &[0], wants_logits)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+    }
+    ctx.decode(batch)
+        .map_err(|e| EngineError::Decode(e.to_string()))
+}
+
+/// Drop every cached position from `from` on.
+fn truncate_kv(ctx: &mut LlamaContext, from: usize) -> Result<(), EngineError> {
+    ctx.clear_kv_cache_seq(Some(0), Some(from as u32), None)
+        .map(|_| ())
+        .map_err(|e| EngineError::Decode(format!("KV cache rollback: {e}")))
+}
+
+/// Evaluate `tokens` in prompt-sized chunks, logits for the last token only.
+fn decode_chunked(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    tokens: &[u32],
+    start: usize,
+) -> Result<(), EngineError> {
+    for (i, chunk) in tokens.chunks(PROMPT_CHUNK).enumerate() {
+        decode(ctx, batch, chunk, start + i * PROMPT_CHUNK, false)?;
+    }
+    Ok(())
+}
+
+/// A draft: tokens and, when sampling, the distributions they were drawn from.
+struct Draft {
+    tokens: Vec<u32>,
+    dists: Vec<Distribution>,
+}
+
+/// Propose up to `k` tokens with a drafter model. The drafter first catches
+/// up on the tokens it has not seen, then decodes its own proposals.
+fn draft_with_model(
+    seq: &mut Sequence,
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    k: usize,
+    max_verify_batch: usize,
+) -> Result<Draft, EngineError> {
+    let mut draft = Draft {
+        tokens: Vec::with_capacity(k),
+        dists: Vec::new(),
+    };
+    // Catch up the way the target evaluated the same tokens (a long run as a
+    // prompt, then its last token alone), so that a drafter identical to the
+    // target also computes identical logits.
+    let unseen = seq.tokens[seq.drafter_past..].to_vec();
+    let (body, last) = if unseen.len() > max_verify_batch {
+        unseen.split_at(unseen.len() - 1)
+    } else {
+        unseen.split_at(0)
+    };
+    decode_chunked(ctx, batch, body, seq.drafter_past)?;
+    decode(ctx, batch, last, seq.drafter_past + body.len(), false)?;
+    seq.drafter_past = seq.tokens.len();
+    let mut logits_index = (last.len() - 1) as i32;
+    loop {
+        let logits = ctx.get_logits_ith(logits_index);
+        if seq.draft.p_min > 0.0 && sampling::top_probability(logits) < seq.draft.p_min {
+            break;
+        }
+        let token = if seq.sampling.is_greedy() {
+            sampling::argmax(logits)
+        } else {
+            let q = sampling::distribution(logits, &seq.sampling);
+            let token = q.sample(&mut seq.rng);
+            draft.dists.push(q);
+            token
+        };
+        draft.tokens.push(token);
+        if draft.tokens.len() == k {
+            break;
+        }
+        decode(ctx, batch, &[token], seq.drafter_past, false)?;
+        seq.drafter_past += 1;
+        logits_index = 0;
+    }
+    Ok(draft)
+}
+
+/// The target's view of a verification batch, evaluated in passes of at most
+/// `chunk` tokens as positions are asked for (in increasing order).
+struct VerifyWindow<'a, 'm> {
+    ctx: &'a mut LlamaContext<'m>,
+    batch: &'a mut LlamaBatch<'static>,
+    tokens: &'a [u32],
+    start: usize,
+    chunk: usize,
+    evaluated: usize,
+}
+
+impl VerifyWindow<'_, '_> {
+    /// The target's logits after `tokens[..=i]`.
+    fn logits(&mut self, i: usize) -> Result<&[f32], EngineError> {
+        if i >= self.evaluated {
+            let end = (self.evaluated + self.chunk).min(self.tokens.len());
+            decode(
+                self.ctx,
+                self.batch,
+                &self.tokens[self.evaluated..end],
+                self.start + self.evaluated,
+                true,
+            )?;
+            self.evaluated = end;
+        }
+        let pass_start = (self.evaluated - 1) / self.chunk * self.chunk;
+        debug_assert!(
+            i >= pass_start,
+            "positions are asked for in increasing order"
+        );
+        let in_pass = i - pass_start;
+        Ok(self.ctx.get_logits_ith(in_pass as i32))
+    }
+}
+
+/// One round of draft-and-verify for the slot's sequence. With an empty draft
+/// it is exactly one step of plain decoding.
+fn round(
+    target: &LlamaModel,
+    context: usize,
+    max_verify_batch: usize,
+    slot: &mut Slot,
+) -> Result<Progress, EngineError> {
+    let Some(seq) = slot.sequence.as_mut() else {
+        return Ok(Progress::Continue);
+    };
+    let len = seq.tokens.len();
+
+    // Read the prompt (all but its last token, which opens the first round).
+    if seq.target_past + 1 < len {
+        let t0 = Instant::now();
+        let pending = seq.tokens[seq.target_past..len - 1].to_vec();
+        decode_chunked(&mut slot.target, &mut slot.batch, &pending, seq.target_past)?;
+        seq.target_past = len - 1;
+        seq.stats.prefill_ms += ms(t0);
+    }
+
+    // Draft: no more than fits in the context or than max_tokens can use.
+    let remaining = seq.max_tokens - seq.stats.completion_tokens;
+    let room = context.saturating_sub(len + 1);
+    let k = (seq.draft.max as usize)
+        .min(room)
+        .min(remaining.saturating_sub(1));
+    let t0 = Instant::now();
+    let mut draft = match seq.drafter {
+        Some(d) if k > 0 => match slot.drafters[d].as_mut() {
+            Some(ctx) => draft_with_model(seq, ctx, &mut slot.batch, k, max_verify_batch)?,
+            None => {
+                let tokens = ngram::propose(&seq.tokens, NgramParams::default(), k);
+                let dists = if seq.sampling.is_greedy() {
+                    Vec::new()
+                } else {
+                    tokens
+                        .iter()
+                        .map(|&t| Distribution::point_mass(t))
+                        .collect()
+                };
+                Draft { tokens, dists }
+            }
+        },
+        _ => Draft {
+            tokens: Vec::new(),
+            dists: Vec::new(),
+        },
+    };
+    if draft.tokens.len() < seq.draft.min as usize {
+        draft.tokens.clear();
+        draft.dists.clear();
+    }
+    seq.stats.draft_ms += ms(t0);
+
+    // Verify the last token and the draft in target passes of at most
+    // `max_verify_batch` tokens, evaluated only as far as acceptance goes.
+    let t0 = Instant::now();
+    let mut batch_tokens = Vec::with_capacity(draft.tokens.len() + 1);
+    batch_tokens.push(seq.tokens[len - 1]);
+    batch_tokens.extend_from_slice(&draft.tokens);
+    let mut window = VerifyWindow {
+        ctx: &mut slot.target,
+        batch: &mut slot.batch,
+        tokens: &batch_tokens,
+        start: len - 1,
+        chunk: max_verify_batch.max(1),
+        evaluated: 0,
+    };
+    let verdict = if seq.sampling.is_greedy() {
+        verifier::verify_greedy_lazily(&draft.tokens, |i| window.logits(i).map(sampling::argmax))?
+    } else {
+        let params = &seq.sampling;
+        verifier::verify_sampled_lazily(
+            &draft.tokens,
+            &draft.dists,
+            |i| window.logits(i).map(|l| sampling::distribution(l, params)),
+            &mut seq.rng,
+        )?
+    };
+    seq.stats.verify_ms += ms(t0);
+
+    // Roll both KV caches back to the accepted prefix.
+    let Verdict { accepted, next } = verdict;
+    let keep = len + accepted;
+    truncate_kv(&mut slot.target, keep)?;
+    seq.target_past = keep;
+    if let Some(ctx) = seq.drafter.and_then(|d| slot.drafters[d].as_mut()) {
+        if seq.drafter_past > keep {
+            seq.drafter_past = keep;
+            truncate_kv(ctx, keep)?;
+        }
+    }
+
+    seq.stats.rounds += 1;
+    if !draft.tokens.is_empty() {
+        seq.stats.drafts += 1;
+        seq.stats.draft_tokens += draft.tokens.len() as u64;
+        seq.stats.accepted_tokens += accepted as u64;
+        if seq.stats.accepted_per_position.len() < draft.tokens.len() {
+            seq.stats
+                .accepted_per_position
+                .resize(draft.tokens.len(), 0);
+        }
+        for count in &mut seq.stats.accepted_per_position[..accepted] {
+            *count += 1;
+        }
+    }
+
+    // Emit the accepted tokens and the target's own, stopping where due.
+    let vocab = target.vocab();
+    let mut emitted = Vec::with_capacity(accepted + 1);
+    let mut released = String::new();
+    let mut finish = None;
+    for &token in draft.tokens[..accepted]
+        .iter()
+        .chain(std::iter::once(&next))
+    {
+        if vocab.is_eog(LlamaToken(token as i32)) {
+            finish = Some(FinishReason::Stop);
+            break;
+        }
+        seq.tokens.push(token);
+        seq.stats.completion_tokens += 1;
+        emitted.push(token);
+        let pushed = seq
+            .text
+            .push(&vocab.token_to_piece(LlamaToken(token as i32), false, None));
+        released.push_str(&pushed.released);
+        if pushed.stopped {
+            finish = Some(FinishReason::Stop);
+            break;
+        }
+        if seq.stats.completion_tokens >= seq.max_tokens {
+            finish = Some(FinishReason::Length);
+            break;
+        }
+    }
+    if finish.is_none() && seq.tokens.len() >= context {
+        finish = Some(FinishReason::Length);
+    }
+    if !emitted.is_empty() || !released.is_empty() {
+        let _ = seq.events.send(GenerationEvent::Tokens {
+            text: released,
+            token_ids: emitted,
+        });
+    }
+    Ok(finish.map_or(Progress::Continue, Progress::Finished))
+}

@@ -1,0 +1,134 @@
+//! Greedy speculative decoding reproduces the target's own greedy output,
+//! token for token, with real models.
+
+mod common;
+
+use common::{chat, greedy, run, TRANSLATIONS};
+
+/// Draft lengths the issue asks for.
+const DRAFT_LENGTHS: [u32; 3] = [1, 4, 8];
+
+fn assert_same_as_target(language: &str, prompt: &str, max_tokens: usize) {
+    let baseline = run(greedy(chat(prompt), max_tokens, None, 0));
+    assert!(
+        baseline.token_ids.len() >= 8,
+        "{language}: the target produced too little to compare: {:?}",
+        baseline.text
+    );
+    for k in DRAFT_LENGTHS {
+        let spec = run(greedy(chat(prompt), max_tokens, Some("qwen-0.5b"), k));
+        assert_eq!(
+            spec.token_ids, baseline.token_ids,
+            "{language}, 0.5B drafter, k={k}: tokens differ from the target alone"
+        );
+        assert_eq!(spec.text, baseline.text);
+        assert_eq!(spec.finish_reason, baseline.finish_reason);
+        let s = &spec.stats;
+        assert!(s.draft_tokens > 0, "{language}, k={k}: nothing was drafted");
+        assert!(s.accepted_tokens <= s.draft_tokens);
+        assert!(s.draft_tokens <= s.drafts * u64::from(k));
+        assert_eq!(
+            s.accepted_per_position.iter().sum::<u64>(),
+            s.accepted_tokens,
+            "per-position counts add up to the accepted total"
+        );
+    }
+    let lookup = run(greedy(chat(prompt), max_tokens, Some("ngram"), 8));
+    assert_eq!(
+        lookup.token_ids, baseline.token_ids,
+        "{language}, n-gram drafter: tokens differ from the target alone"
+    );
+}
+
+#[test]
+fn english_matches_target() {
+    let (lang, prompt) = TRANSLATIONS[0];
+    assert_same_as_target(lang, prompt, 48);
+}
+
+#[test]
+fn german_matches_target() {
+    let (lang, prompt) = TRANSLATIONS[1];
+    assert_same_as_target(lang, prompt, 48);
+}
+
+#[test]
+fn french_matches_target() {
+    let (lang, prompt) = TRANSLATIONS[2];
+    assert_same_as_target(lang, prompt, 48);
+}
+
+#[test]
+fn japanese_matches_target() {
+    let (lang, prompt) = TRANSLATIONS[3];
+    assert_same_as_target(lang, prompt, 48);
+}
+
+#[test]
+fn chinese_matches_target() {
+    let (lang, prompt) = TRANSLATIONS[4];
+    assert_same_as_target(lang, prompt, 48);
+}
+
+/// A long generation: KV caches of target and drafter stay consistent through
+/// many rounds of rollback.
+#[test]
+fn long_generation_stays_consistent() {
+    let prompt = chat("Write a Python module with a function that parses an INI file into a dict of dicts, with docstrings and three unit tests.");
+    let baseline = run(greedy(prompt.clone(), 400, None, 0));
+    let n = baseline.token_ids.len();
+    assert!(
+        n > 280,
+        "the target wrote only {n} tokens: {:?}",
+        baseline.text
+    );
+    let spec = run(greedy(prompt.clone(), 400, Some("qwen-0.5b"), 6));
+    assert_eq!(spec.token_ids, baseline.token_ids);
+    assert!(
+        spec.stats.rounds < n as u64 / 2,
+        "speculation saved target passes"
+    );
+    let lookup = run(greedy(prompt, 400, Some("ngram"), 6));
+    assert_eq!(lookup.token_ids, baseline.token_ids);
+}
+
+/// The target as its own drafter agrees with itself on every token.
+#[test]
+fn identical_drafter_accepts_everything() {
+    let (_, prompt) = TRANSLATIONS[1];
+    let spec = run(greedy(chat(prompt), 40, Some("self"), 4));
+    let s = &spec.stats;
+    assert!(s.draft_tokens > 0);
+    assert_eq!(s.accepted_tokens, s.draft_tokens, "{s:?}");
+    assert_eq!(s.acceptance_rate, 1.0);
+}
+
+/// p_min stops drafting at low drafter confidence; min discards short drafts.
+#[test]
+fn draft_controls_bound_the_drafts() {
+    let (_, prompt) = TRANSLATIONS[2];
+    let mut confident = greedy(chat(prompt), 40, Some("qwen-0.5b"), 8);
+    confident.draft = Some(specdec_backend::config::DraftParams {
+        max: 8,
+        min: 0,
+        p_min: 0.99,
+        adaptive: false,
+    });
+    let baseline = run(greedy(chat(prompt), 40, None, 0));
+    let unrestricted = run(greedy(chat(prompt), 40, Some("qwen-0.5b"), 8));
+    let restricted = run(confident);
+    assert_eq!(restricted.token_ids, baseline.token_ids);
+    assert!(restricted.stats.draft_tokens < unrestricted.stats.draft_tokens);
+    assert!(restricted.stats.acceptance_rate >= unrestricted.stats.acceptance_rate);
+
+    let mut long_only = greedy(chat(prompt), 40, Some("ngram"), 8);
+    long_only.draft = Some(specdec_backend::config::DraftParams {
+        max: 8,
+        min: 8,
+        p_min: 0.0,
+        adaptive: false,
+    });
+    let long_only = run(long_only);
+    assert_eq!(long_only.token_ids, baseline.token_ids);
+    assert_eq!(long_only.stats.draft_tokens, long_only.stats.drafts * 8);
+}
