@@ -26,3 +26,21 @@ apt_install() {
 install_build_deps() {
     apt_install cmake clang libclang-dev g++ make pkg-config
 }
+
+# A Python virtual environment for the end-to-end tests (the official OpenAI
+# client, pytest), kept under the user's cache and reused while the
+# requirements file is unchanged.
+python_test_env() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/specdec/venv"
+    local requirements="tests/e2e/requirements.txt"
+    local stamp="$venv/.requirements.sha256"
+    local want
+    want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+    if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        log "creating the Python test environment in $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$requirements"
+        echo "$want" > "$stamp"
+    fi
+    PYTHON_TEST_ENV="$venv"
+}

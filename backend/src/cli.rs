@@ -25,6 +25,36 @@ enum Command {
     Generate(GenerateArgs),
     /// Validate a registry file and every drafter's compatibility, without serving.
     Check(CheckArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The registry file (YAML). Without it: the default models in the model
+    /// directory, the 0.5B drafter for the languages of the registry example.
+    #[arg(long, env = "SPECDEC_REGISTRY")]
+    registry: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "SPECDEC_HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on.
+    #[arg(long, env = "SPECDEC_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Model name served in the API (default: the target file's stem).
+    #[arg(long, env = "SPECDEC_MODEL_NAME")]
+    model_name: Option<String>,
+    /// Sequences generated concurrently.
+    #[arg(long, env = "SPECDEC_SLOTS", default_value_t = 2)]
+    slots: usize,
+    /// Requests that may wait for a slot before new ones get 429.
+    #[arg(long, env = "SPECDEC_MAX_WAITING", default_value_t = 16)]
+    max_waiting: usize,
+    /// Longest a request may take, in seconds.
+    #[arg(long, env = "SPECDEC_REQUEST_TIMEOUT", default_value_t = 600)]
+    request_timeout: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +140,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Check(args) => check(args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,10 +259,94 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Read and validate a registry file, including that its model files exist.
+fn read_registry(path: &std::path::Path) -> anyhow::Result<RegistryConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let registry =
+        RegistryConfig::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    check_model_files(&registry)?;
+    Ok(registry)
+}
+
+fn check_model_files(registry: &RegistryConfig) -> anyhow::Result<()> {
+    let models = std::iter::once(("the target", &registry.target.model)).chain(
+        registry
+            .drafters
+            .iter()
+            .filter_map(|d| d.model.as_ref().map(|m| (d.name.as_str(), m))),
+    );
+    for (owner, path) in models {
+        if !path.is_file() {
+            anyhow::bail!("model file {} of {owner} does not exist", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// The registry used when `serve` is given none: the default models, the
+/// 0.5B drafter for the languages of the design's example.
+fn default_registry() -> RegistryConfig {
+    RegistryConfig {
+        target: TargetConfig {
+            model: models::model_path(models::DEFAULT_TARGET_FILE),
+            context: crate::config::DEFAULT_CONTEXT,
+            gpu_layers: 0,
+        },
+        drafters: vec![DrafterConfig {
+            name: "qwen-0.5b".into(),
+            kind: DrafterKind::Model,
+            languages: ["de", "fr", "es", "it", "pt", "ja", "zh"]
+                .map(String::from)
+                .to_vec(),
+            model: Some(models::model_path(models::DEFAULT_DRAFTER_FILE)),
+            gpu_layers: 0,
+            draft: DraftParams {
+                max: 4,
+                ..DraftParams::default()
+            },
+        }],
+        default: None,
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let registry = match &args.registry {
+        Some(path) => read_registry(path)?,
+        None => {
+            let registry = default_registry();
+            check_model_files(&registry)
+                .map_err(|e| anyhow::anyhow!("{e} (run scripts/fetch-models)"))?;
+            registry
+        }
+    };
+    let model_name = args.model_name.unwrap_or_else(|| {
+        registry
+            .target
+            .model
+            .file_stem()
+            .map_or_else(|| "specdec".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let config = crate::server::ServerConfig {
+        registry,
+        listen: std::net::SocketAddr::new(args.host, args.port),
+        model_name,
+        slots: args.slots.max(1),
+        max_waiting: args.max_waiting,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
+        threads: args
+            .engine
+            .threads
+            .unwrap_or_else(crate::engine::default_threads),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::server::serve(config))
+}
+
 fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.registry)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.registry.display()))?;
-    let registry = RegistryConfig::from_yaml(&text)?;
+    let registry = read_registry(&args.registry)?;
     let mut config = EngineConfig::new(registry.target.clone());
     config.drafters = registry.drafters.clone();
     if let Some(threads) = args.engine.threads {

@@ -74,3 +74,57 @@ fn bad_arguments_fail_cleanly() {
         "{stderr}"
     );
 }
+
+fn check(registry: &str) -> std::process::Output {
+    let path = std::env::temp_dir().join(format!("specdec-check-{}.yaml", std::process::id()));
+    std::fs::write(&path, registry).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_specdec"))
+        .args(["check", "--registry"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+#[test]
+fn check_validates_registry_files() {
+    let target = common::model(models::DEFAULT_TARGET_FILE);
+    let drafter = common::model(models::DEFAULT_DRAFTER_FILE);
+    let smol = common::model(models::SMALL_OTHER_VOCAB_FILE);
+    let good = format!(
+        "target: {{ model: {}, context: 512 }}\ndrafters:\n  - name: qwen\n    languages: [de]\n    model: {}\n  - name: lookup\n    kind: ngram\n    languages: [\"*\"]\ndefault: lookup\n",
+        target.display(),
+        drafter.display()
+    );
+    let out = check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("qwen, lookup"));
+
+    let incompatible = good.replace(&drafter.display().to_string(), &smol.display().to_string());
+    let out = check(&incompatible);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("drafter `qwen` is incompatible"),
+        "{stderr}"
+    );
+
+    let typo = good.replace("languages: [de]", "langauges: [de]");
+    let stderr = String::from_utf8_lossy(&check(&typo).stderr).into_owned();
+    assert!(
+        stderr.contains("langauges") && stderr.contains("line 4"),
+        "{stderr}"
+    );
+
+    let missing = good.replace(&drafter.display().to_string(), "/nonexistent/d.gguf");
+    let stderr = String::from_utf8_lossy(&check(&missing).stderr).into_owned();
+    assert!(
+        stderr.contains("/nonexistent/d.gguf") && stderr.contains("qwen"),
+        "{stderr}"
+    );
+}

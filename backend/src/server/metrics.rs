@@ -1,0 +1,250 @@
+//! Prometheus metrics of the server: the one definition of their names.
+//!
+//! The `spec_decode_*` counters follow vLLM's semantics, so its PromQL carries
+//! over: acceptance rate = rate(accepted) / rate(draft tokens); mean accepted
+//! length = 1 + rate(accepted) / rate(drafts).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::engine::GenerationStats;
+
+/// Prefix of every metric.
+pub const NAMESPACE: &str = "specdec";
+
+/// Label value for requests decoded without a drafter.
+pub const NO_DRAFTER: &str = "none";
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    num_drafts: IntCounterVec,
+    num_draft_tokens: IntCounterVec,
+    num_accepted_tokens: IntCounterVec,
+    num_accepted_tokens_per_pos: IntCounterVec,
+    prompt_tokens: IntCounter,
+    generation_tokens: IntCounter,
+    requests: IntCounterVec,
+    /// Requests being generated.
+    pub running: IntGauge,
+    /// Requests waiting for a slot.
+    pub waiting: IntGauge,
+    time_to_first_token: HistogramVec,
+    inter_token_latency: HistogramVec,
+    request_duration: HistogramVec,
+    draft_length: IntGaugeVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+        .expect("metric definitions are valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help)
+            .namespace(NAMESPACE)
+            .buckets(buckets),
+        &["drafter", "language"],
+    )
+    .expect("metric definitions are valid");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric names are unique");
+    h
+}
+
+impl Metrics {
+    /// Create and register every metric. Panics only on a programming error
+    /// in the definitions above (at start-up, never on a request path).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let spec = ["drafter", "language"];
+        let num_drafts = counter_vec(
+            &registry,
+            "spec_decode_num_drafts_total",
+            "Verification rounds that checked at least one drafted token.",
+            &spec,
+        );
+        let num_draft_tokens = counter_vec(
+            &registry,
+            "spec_decode_num_draft_tokens_total",
+            "Tokens proposed by drafters.",
+            &spec,
+        );
+        let num_accepted_tokens = counter_vec(
+            &registry,
+            "spec_decode_num_accepted_tokens_total",
+            "Drafted tokens the target accepted.",
+            &spec,
+        );
+        let num_accepted_tokens_per_pos = counter_vec(
+            &registry,
+            "spec_decode_num_accepted_tokens_per_pos_total",
+            "Accepted drafted tokens by position in the draft (0 is the first).",
+            &["drafter", "language", "position"],
+        );
+        let prompt_tokens = IntCounter::with_opts(
+            Opts::new("prompt_tokens_total", "Prompt tokens processed.").namespace(NAMESPACE),
+        )
+        .expect("metric definitions are valid");
+        let generation_tokens = IntCounter::with_opts(
+            Opts::new("generation_tokens_total", "Tokens generated.").namespace(NAMESPACE),
+        )
+        .expect("metric definitions are valid");
+        let running = IntGauge::with_opts(
+            Opts::new("num_requests_running", "Requests being generated.").namespace(NAMESPACE),
+        )
+        .expect("metric definitions are valid");
+        let waiting = IntGauge::with_opts(
+            Opts::new("num_requests_waiting", "Requests waiting for a slot.").namespace(NAMESPACE),
+        )
+        .expect("metric definitions are valid");
+        for m in [&prompt_tokens, &generation_tokens] {
+            registry
+                .register(Box::new(m.clone()))
+                .expect("metric names are unique");
+        }
+        for g in [&running, &waiting] {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+        }
+        let requests = counter_vec(
+            &registry,
+            "requests_total",
+            "Finished HTTP requests to the generation endpoints, by status code.",
+            &["status"],
+        );
+        let latency_buckets = vec![
+            0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+        ];
+        let time_to_first_token = histogram_vec(
+            &registry,
+            "time_to_first_token_seconds",
+            "Time from accepting a request to its first generated token.",
+            latency_buckets.clone(),
+        );
+        let inter_token_latency = histogram_vec(
+            &registry,
+            "inter_token_latency_seconds",
+            "Mean time between generated tokens of a request.",
+            latency_buckets,
+        );
+        let request_duration = histogram_vec(
+            &registry,
+            "request_duration_seconds",
+            "Time from accepting a request to its last token.",
+            vec![
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0,
+            ],
+        );
+        let draft_length = IntGaugeVec::new(
+            Opts::new(
+                "draft_length",
+                "Current draft length (most tokens drafted per round) of each drafter.",
+            )
+            .namespace(NAMESPACE),
+            &["drafter"],
+        )
+        .expect("metric definitions are valid");
+        registry
+            .register(Box::new(draft_length.clone()))
+            .expect("metric names are unique");
+        Self {
+            registry,
+            num_drafts,
+            num_draft_tokens,
+            num_accepted_tokens,
+            num_accepted_tokens_per_pos,
+            prompt_tokens,
+            generation_tokens,
+            requests,
+            running,
+            waiting,
+            time_to_first_token,
+            inter_token_latency,
+            request_duration,
+            draft_length,
+        }
+    }
+
+    /// Record a drafter's configured draft length.
+    pub fn set_draft_length(&self, drafter: &str, length: u32) {
+        self.draft_length
+            .with_label_values(&[drafter])
+            .set(i64::from(length));
+    }
+
+    /// Record a finished generation.
+    pub fn record_generation(
+        &self,
+        drafter: Option<&str>,
+        language: &str,
+        stats: &GenerationStats,
+        time_to_first_token: Option<f64>,
+        duration: f64,
+    ) {
+        let drafter = drafter.unwrap_or(NO_DRAFTER);
+        let labels = [drafter, language];
+        self.prompt_tokens.inc_by(stats.prompt_tokens as u64);
+        self.generation_tokens
+            .inc_by(stats.completion_tokens as u64);
+        if stats.drafts > 0 {
+            self.num_drafts
+                .with_label_values(&labels)
+                .inc_by(stats.drafts);
+            self.num_draft_tokens
+                .with_label_values(&labels)
+                .inc_by(stats.draft_tokens);
+            self.num_accepted_tokens
+                .with_label_values(&labels)
+                .inc_by(stats.accepted_tokens);
+            for (position, &count) in stats.accepted_per_position.iter().enumerate() {
+                self.num_accepted_tokens_per_pos
+                    .with_label_values(&[drafter, language, &position.to_string()])
+                    .inc_by(count);
+            }
+        }
+        if let Some(ttft) = time_to_first_token {
+            self.time_to_first_token
+                .with_label_values(&labels)
+                .observe(ttft);
+            if stats.completion_tokens > 1 {
+                self.inter_token_latency
+                    .with_label_values(&labels)
+                    .observe((duration - ttft) / (stats.completion_tokens - 1) as f64);
+            }
+        }
+        self.request_duration
+            .with_label_values(&labels)
+            .observe(duration);
+    }
+
+    /// Count a finished HTTP request by status code.
+    pub fn record_status(&self, status: u16) {
+        self.requests
+            .with_label_values(&[&status.to_string()])
+            .inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

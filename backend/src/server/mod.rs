@@ -1,0 +1,121 @@
+//! The HTTP server: OpenAI-compatible routes, health, readiness and
+//! Prometheus metrics, on warp.
+//!
+//! Start-up: the registry is validated, the port opens (so `/healthz` answers
+//! and `/readyz` says 503 while loading), the engine loads on a blocking
+//! thread, and `/readyz` turns 200. A registry or model that cannot be used
+//! stops the process with the reason.
+
+pub mod error;
+pub mod metrics;
+pub mod openai;
+pub mod routes;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::RegistryConfig;
+use crate::engine::{Engine, EngineConfig};
+
+use service::{Service, ServiceConfig};
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The registry file's content.
+    pub registry: RegistryConfig,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Name the model is served under.
+    pub model_name: String,
+    /// Sequences generated concurrently.
+    pub slots: usize,
+    /// Requests that may wait for a slot.
+    pub max_waiting: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+    /// CPU threads per evaluation.
+    pub threads: u32,
+}
+
+/// Run the server until SIGTERM or SIGINT; in-flight requests finish first.
+pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let service = Arc::new(Service::new(
+        ServiceConfig {
+            model_name: config.model_name.clone(),
+            slots: config.slots,
+            max_waiting: config.max_waiting,
+            request_timeout: config.request_timeout,
+        },
+        &config.registry,
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(address = %config.listen, "listening; loading models");
+
+    let mut engine_config = EngineConfig::new(config.registry.target.clone());
+    engine_config.drafters = config.registry.drafters.clone();
+    engine_config.threads = config.threads;
+    engine_config.slots = config.slots;
+    let (load_failed_tx, load_failed) = tokio::sync::oneshot::channel::<String>();
+    {
+        let service = Arc::clone(&service);
+        tokio::task::spawn_blocking(move || match Engine::start(engine_config) {
+            Ok(engine) => {
+                tracing::info!("models loaded; ready");
+                service.set_ready(Arc::new(engine));
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                service.set_not_ready(format!("loading failed: {reason}"));
+                let _ = load_failed_tx.send(reason);
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = warp::serve(routes::routes(Arc::clone(&service)))
+        .incoming(listener)
+        .graceful(async {
+            let _ = stop_rx.await;
+        })
+        .run();
+    let server = tokio::spawn(server);
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down; finishing in-flight requests");
+            Ok(())
+        }
+        Ok(reason) = load_failed => Err(anyhow::anyhow!("cannot load the models: {reason}")),
+    };
+    service.begin_shutdown();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    outcome
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}

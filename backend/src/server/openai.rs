@@ -1,0 +1,590 @@
+//! The OpenAI-compatible wire format: request bodies, validated once into
+//! engine requests, and the response and stream-chunk bodies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::DraftParams;
+use crate::engine::{ChatMessage, FinishReason, GenerationStats, Prompt};
+use crate::speculative::sampling::SamplingParams;
+
+use super::error::ApiError;
+
+/// Tokens generated when a request gives no `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// Fields of the OpenAI API that specdec does not implement. Rejected by name
+/// (when set to anything but their neutral value) rather than ignored.
+const UNSUPPORTED_FIELDS: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "logit_bias",
+    "top_logprobs",
+    "audio",
+    "modalities",
+    "prediction",
+    "suffix",
+    "echo",
+    "best_of",
+    "reasoning_effort",
+    "web_search_options",
+];
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop string.
+    One(String),
+    /// Up to four stop strings.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The `speculative` extension.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeculativeOptions {
+    /// `false` decodes with the target alone.
+    pub enabled: Option<bool>,
+    /// Most drafted tokens per round.
+    pub max: Option<u32>,
+    /// Fewer drafted tokens than this and a round skips speculation.
+    pub min: Option<u32>,
+    /// Stop drafting below this drafter confidence.
+    pub p_min: Option<f32>,
+}
+
+/// A chat message as sent: `content` may be a string or a list of text parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireMessage {
+    /// `system`, `user`, `assistant` (or `developer`, treated as `system`).
+    pub role: String,
+    /// Text, or an array of `{type: "text", text}` parts.
+    pub content: Value,
+    /// Ignored name of the participant.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Sampling and control fields shared by both endpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CommonFields {
+    /// Model name; must be the served one.
+    pub model: String,
+    /// Most tokens to generate.
+    pub max_tokens: Option<i64>,
+    /// Newer name of `max_tokens` in the chat API.
+    pub max_completion_tokens: Option<i64>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Top-k (extension, as llama.cpp's server).
+    pub top_k: Option<i64>,
+    /// Min-p (extension, as llama.cpp's server).
+    pub min_p: Option<f32>,
+    /// Number of choices; only 1.
+    pub n: Option<i64>,
+    /// Stream with server-sent events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Stop strings.
+    pub stop: Option<Stop>,
+    /// Random seed.
+    pub seed: Option<i64>,
+    /// Must be 0 when given.
+    pub presence_penalty: Option<f32>,
+    /// Must be 0 when given.
+    pub frequency_penalty: Option<f32>,
+    /// Must be false when given.
+    pub logprobs: Option<Value>,
+    /// End-user id (recorded nowhere).
+    pub user: Option<String>,
+    /// Extension: ISO 639-1 code of the input, routes to a drafter.
+    pub language: Option<String>,
+    /// Extension: speculation controls.
+    pub speculative: Option<SpeculativeOptions>,
+}
+
+/// What both endpoints hand to the service after validation.
+#[derive(Debug, Clone)]
+pub struct ValidatedRequest {
+    /// The input.
+    pub prompt: Prompt,
+    /// Text used for language detection: the last user message or the prompt.
+    pub detection_text: String,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Send usage in the last streamed chunk.
+    pub include_usage: bool,
+    /// Explicit language.
+    pub language: Option<String>,
+    /// `speculative.enabled`, default true.
+    pub speculative_enabled: bool,
+    /// Draft control overrides.
+    pub draft_overrides: SpeculativeOptions,
+}
+
+/// Which endpoint a body came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`
+    Chat,
+    /// `/v1/completions`
+    Completions,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest {
+        message: message.into(),
+        param: None,
+    }
+}
+
+fn invalid_param(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest {
+        message: message.into(),
+        param: Some(param.to_string()),
+    }
+}
+
+/// Parse and validate a request body. `served_model` is the one model name
+/// this server answers to.
+pub fn validate(
+    endpoint: Endpoint,
+    body: &[u8],
+    served_model: &str,
+) -> Result<ValidatedRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(invalid("the body must be a JSON object"));
+    };
+    for field in UNSUPPORTED_FIELDS {
+        match object.get(*field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(false)) if *field == "echo" => {}
+            Some(_) => {
+                return Err(invalid_param(
+                    field,
+                    format!("`{field}` is not supported by this server"),
+                ))
+            }
+        }
+        object.remove(*field);
+    }
+    let (common, input) = match endpoint {
+        Endpoint::Chat => {
+            let messages = object
+                .remove("messages")
+                .ok_or_else(|| invalid_param("messages", "`messages` is required"))?;
+            let messages: Vec<WireMessage> = serde_json::from_value(messages)
+                .map_err(|e| invalid_param("messages", format!("`messages`: {e}")))?;
+            (parse_common(object)?, Input::Chat(messages))
+        }
+        Endpoint::Completions => {
+            let prompt = object
+                .remove("prompt")
+                .ok_or_else(|| invalid_param("prompt", "`prompt` is required"))?;
+            (parse_common(object)?, Input::Text(prompt))
+        }
+    };
+    if common.model != served_model {
+        return Err(ApiError::ModelNotFound(common.model));
+    }
+    let (prompt, detection_text) = match input {
+        Input::Chat(messages) => chat_prompt(messages)?,
+        Input::Text(prompt) => text_prompt(prompt)?,
+    };
+    let max_tokens = match common.max_completion_tokens.or(common.max_tokens) {
+        None => DEFAULT_MAX_TOKENS,
+        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => {
+            return Err(invalid_param(
+                "max_tokens",
+                format!("max_tokens must be at least 1, got {n}"),
+            ))
+        }
+    };
+    if let Some(n) = common.n {
+        if n != 1 {
+            return Err(invalid_param(
+                "n",
+                format!("only n = 1 is supported, got {n}"),
+            ));
+        }
+    }
+    for (name, value) in [
+        ("presence_penalty", common.presence_penalty),
+        ("frequency_penalty", common.frequency_penalty),
+    ] {
+        if value.is_some_and(|v| v != 0.0) {
+            return Err(invalid_param(
+                name,
+                format!("`{name}` is not supported (only 0)"),
+            ));
+        }
+    }
+    match &common.logprobs {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(_) => return Err(invalid_param("logprobs", "`logprobs` is not supported")),
+    }
+    let temperature = common.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(invalid_param(
+            "temperature",
+            format!("temperature must be between 0 and 2, got {temperature}"),
+        ));
+    }
+    let top_p = common.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(invalid_param(
+            "top_p",
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
+    }
+    let min_p = common.min_p.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&min_p) {
+        return Err(invalid_param(
+            "min_p",
+            format!("min_p must be in [0, 1), got {min_p}"),
+        ));
+    }
+    let top_k = match common.top_k {
+        None => 0,
+        Some(k) if k >= 0 => usize::try_from(k).unwrap_or(usize::MAX),
+        Some(k) => {
+            return Err(invalid_param(
+                "top_k",
+                format!("top_k must be >= 0, got {k}"),
+            ))
+        }
+    };
+    let seed = match common.seed {
+        None => 0,
+        Some(s) => s as u64,
+    };
+    let stop = match common.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) if v.len() <= 4 => v,
+        Some(Stop::Many(v)) => {
+            return Err(invalid_param(
+                "stop",
+                format!("at most 4 stop strings, got {}", v.len()),
+            ))
+        }
+    };
+    let speculative = common.speculative.unwrap_or_default();
+    if let Some(max) = speculative.max {
+        if max > DraftParams::MAX_DRAFT {
+            return Err(invalid_param(
+                "speculative.max",
+                format!("speculative.max must be at most {}", DraftParams::MAX_DRAFT),
+            ));
+        }
+    }
+    let stream = common.stream.unwrap_or(false);
+    Ok(ValidatedRequest {
+        prompt,
+        detection_text,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed,
+        },
+        stop,
+        stream,
+        include_usage: stream
+            && common
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        language: common.language,
+        speculative_enabled: speculative.enabled.unwrap_or(true),
+        draft_overrides: speculative,
+    })
+}
+
+enum Input {
+    Chat(Vec<WireMessage>),
+    Text(Value),
+}
+
+/// The remaining fields, with unknown ones refused by name.
+fn parse_common(object: serde_json::Map<String, Value>) -> Result<CommonFields, ApiError> {
+    const KNOWN: &[&str] = &[
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "user",
+        "language",
+        "speculative",
+    ];
+    if let Some(unknown) = object.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(invalid_param(unknown, format!("unknown field `{unknown}`")));
+    }
+    if !object.contains_key("model") {
+        return Err(invalid_param("model", "`model` is required"));
+    }
+    serde_json::from_value(Value::Object(object)).map_err(|e| invalid(e.to_string()))
+}
+
+fn message_text(content: Value) -> Result<String, ApiError> {
+    match content {
+        Value::String(s) => Ok(s),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                    _ => {
+                        return Err(invalid_param(
+                            "messages",
+                            "only text content parts are supported",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(invalid_param(
+            "messages",
+            "message content must be a string or a list of text parts",
+        )),
+    }
+}
+
+fn chat_prompt(messages: Vec<WireMessage>) -> Result<(Prompt, String), ApiError> {
+    if messages.is_empty() {
+        return Err(invalid_param("messages", "`messages` must not be empty"));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(invalid_param(
+                    "messages",
+                    format!("unsupported message role `{other}`"),
+                ))
+            }
+        };
+        let content = message_text(m.content)?;
+        if content.contains('\0') {
+            return Err(invalid_param(
+                "messages",
+                "message content contains a NUL byte",
+            ));
+        }
+        out.push(ChatMessage {
+            role: role.to_string(),
+            content,
+        });
+    }
+    if !out.iter().any(|m| m.role == "user") {
+        return Err(invalid_param("messages", "`messages` needs a user message"));
+    }
+    let detection_text = out
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    Ok((Prompt::Chat(out), detection_text))
+}
+
+fn text_prompt(prompt: Value) -> Result<(Prompt, String), ApiError> {
+    let text = match prompt {
+        Value::String(s) => s,
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => {
+            return Err(invalid_param(
+                "prompt",
+                "`prompt` must be a string (or a list of one string)",
+            ))
+        }
+    };
+    if text.is_empty() {
+        return Err(invalid_param("prompt", "`prompt` must not be empty"));
+    }
+    Ok((Prompt::Text(text.clone()), text))
+}
+
+/// `usage.speculative`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpeculativeUsage {
+    /// Drafter used, `null` for plain decoding.
+    pub drafter: Option<String>,
+    /// Routed language.
+    pub language: String,
+    /// Rounds that verified at least one drafted token.
+    pub drafts: u64,
+    /// Tokens drafted.
+    pub draft_tokens: u64,
+    /// Drafted tokens accepted.
+    pub accepted_tokens: u64,
+    /// accepted / drafted.
+    pub acceptance_rate: f64,
+    /// 1 + accepted / drafts.
+    pub mean_accepted_length: f64,
+}
+
+/// `usage`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Sum of both.
+    pub total_tokens: usize,
+    /// Speculation figures.
+    pub speculative: SpeculativeUsage,
+}
+
+impl Usage {
+    /// Usage of a finished generation.
+    pub fn new(stats: &GenerationStats, drafter: Option<String>, language: String) -> Self {
+        Self {
+            prompt_tokens: stats.prompt_tokens,
+            completion_tokens: stats.completion_tokens,
+            total_tokens: stats.prompt_tokens + stats.completion_tokens,
+            speculative: SpeculativeUsage {
+                drafter,
+                language,
+                drafts: stats.drafts,
+                draft_tokens: stats.draft_tokens,
+                accepted_tokens: stats.accepted_tokens,
+                acceptance_rate: stats.acceptance_rate,
+                mean_accepted_length: stats.mean_accepted_length,
+            },
+        }
+    }
+}
+
+/// OpenAI's name of a finish reason.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = "m";
+
+    fn chat(body: &str) -> Result<ValidatedRequest, ApiError> {
+        validate(Endpoint::Chat, body.as_bytes(), MODEL)
+    }
+
+    #[test]
+    fn minimal_chat_request_gets_defaults() {
+        let r = chat(r#"{"model":"m","messages":[{"role":"user","content":"Hallo"}]}"#).unwrap();
+        assert_eq!(r.max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!(r.sampling.temperature, 1.0);
+        assert!(!r.stream && r.speculative_enabled);
+        assert_eq!(r.detection_text, "Hallo");
+    }
+
+    #[test]
+    fn extensions_and_text_parts_are_read() {
+        let r = chat(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
+                "language":"de","speculative":{"enabled":false,"max":3},
+                "messages":[{"role":"system","content":"be brief"},
+                            {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+        )
+        .unwrap();
+        assert!(r.include_usage && !r.speculative_enabled);
+        assert_eq!(r.language.as_deref(), Some("de"));
+        assert_eq!(r.draft_overrides.max, Some(3));
+        assert_eq!(r.detection_text, "ab");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"model":"m","messages":[],"max_tokens":0}"#, "messages"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[]}"#,
+                "tools",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"nope":1}"#,
+                "nope",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":3}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_p":0}"#,
+                "top_p",
+            ),
+        ];
+        for (body, param) in cases {
+            match chat(body) {
+                Err(ApiError::InvalidRequest { param: Some(p), .. }) => {
+                    assert_eq!(p, param, "{body}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_model_is_not_found() {
+        let e =
+            chat(r#"{"model":"other","messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        assert!(matches!(e, ApiError::ModelNotFound(_)));
+        assert_eq!(e.status(), warp::http::StatusCode::NOT_FOUND);
+    }
+}

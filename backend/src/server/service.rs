@@ -1,0 +1,304 @@
+//! Between HTTP and inference: readiness, load shedding, routing by language,
+//! draft parameters, and the accounting of each generation in the metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{DraftParams, RegistryConfig};
+use crate::engine::{
+    DrafterChoice, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
+    GenerationStats,
+};
+use crate::registry::Registry;
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::openai::ValidatedRequest;
+
+/// The inference side as the HTTP layer sees it.
+pub trait Backend: Send + Sync + 'static {
+    /// Start a generation; its events arrive on the returned channel, and
+    /// dropping the channel cancels it.
+    fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<GenerationEvent>;
+}
+
+impl Backend for Engine {
+    fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<GenerationEvent> {
+        Engine::submit(self, request)
+    }
+}
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The name the model is served under.
+    pub model_name: String,
+    /// Sequences generated concurrently.
+    pub slots: usize,
+    /// Requests that may wait for a slot; beyond, 429.
+    pub max_waiting: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+/// Shared state of the server.
+pub struct Service {
+    config: ServiceConfig,
+    backend: OnceLock<Arc<dyn Backend>>,
+    not_ready: std::sync::Mutex<String>,
+    shutting_down: AtomicBool,
+    registry: Registry,
+    draft_params: BTreeMap<String, DraftParams>,
+    admission: Arc<Semaphore>,
+    /// The metrics.
+    pub metrics: Metrics,
+}
+
+impl Service {
+    /// A service whose backend is not loaded yet.
+    pub fn new(config: ServiceConfig, registry: &RegistryConfig) -> Self {
+        let metrics = Metrics::new();
+        let draft_params = registry
+            .drafters
+            .iter()
+            .map(|d| (d.name.clone(), d.draft))
+            .collect::<BTreeMap<_, _>>();
+        for (name, params) in &draft_params {
+            metrics.set_draft_length(name, params.max);
+        }
+        Self {
+            admission: Arc::new(Semaphore::new(config.slots + config.max_waiting)),
+            config,
+            backend: OnceLock::new(),
+            not_ready: std::sync::Mutex::new("the models are loading".into()),
+            shutting_down: AtomicBool::new(false),
+            registry: Registry::new(registry),
+            draft_params,
+            metrics,
+        }
+    }
+
+    /// The served model name.
+    pub fn model_name(&self) -> &str {
+        &self.config.model_name
+    }
+
+    /// The per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
+
+    /// Mark the backend loaded.
+    pub fn set_ready(&self, backend: Arc<dyn Backend>) {
+        let _ = self.backend.set(backend);
+    }
+
+    /// Record why the backend is not available.
+    pub fn set_not_ready(&self, reason: String) {
+        if let Ok(mut r) = self.not_ready.lock() {
+            *r = reason;
+        }
+    }
+
+    /// Refuse new requests from now on (shutdown has begun).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.set_not_ready("the server is shutting down".into());
+    }
+
+    /// `Ok` when requests can be served, else why not.
+    pub fn readiness(&self) -> Result<&Arc<dyn Backend>, ApiError> {
+        match self.backend.get() {
+            Some(b) if !self.shutting_down.load(Ordering::SeqCst) => Ok(b),
+            _ => Err(ApiError::NotReady(
+                self.not_ready.lock().map(|r| r.clone()).unwrap_or_default(),
+            )),
+        }
+    }
+
+    /// Admit, route and start a generation.
+    pub fn start(self: &Arc<Self>, request: ValidatedRequest) -> Result<Generation, ApiError> {
+        let backend = self.readiness()?;
+        let route = self
+            .registry
+            .route(request.language.as_deref(), &request.detection_text)
+            .map_err(|e| ApiError::InvalidRequest {
+                message: e.to_string(),
+                param: Some("language".into()),
+            })?;
+        let drafter = route.drafter.filter(|_| request.speculative_enabled);
+        let draft = match &drafter {
+            Some(name) => {
+                let base = self.draft_params.get(name).copied().unwrap_or_default();
+                let o = &request.draft_overrides;
+                let params = DraftParams {
+                    max: o.max.unwrap_or(base.max),
+                    min: o.min.unwrap_or(base.min),
+                    p_min: o.p_min.unwrap_or(base.p_min),
+                    adaptive: base.adaptive && o.max.is_none(),
+                };
+                params
+                    .validate()
+                    .map_err(|message| ApiError::InvalidRequest {
+                        message: format!("speculative: {message}"),
+                        param: Some("speculative".into()),
+                    })?;
+                Some(params)
+            }
+            None => None,
+        };
+        let permit = Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                capacity: self.config.slots + self.config.max_waiting,
+            })?;
+        let events = backend.submit(GenerationRequest {
+            prompt: request.prompt,
+            max_tokens: request.max_tokens,
+            sampling: request.sampling,
+            drafter: drafter
+                .clone()
+                .map_or(DrafterChoice::None, DrafterChoice::Named),
+            draft,
+            stop: request.stop,
+        });
+        self.metrics.waiting.inc();
+        Ok(Generation {
+            service: Arc::clone(self),
+            events,
+            _permit: permit,
+            drafter,
+            language: route.language,
+            accepted_at: Instant::now(),
+            deadline: tokio::time::Instant::now() + self.config.request_timeout,
+            first_token_at: None,
+            state: State::Waiting,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+    Done,
+}
+
+/// What a generation yields to the HTTP layer.
+#[derive(Debug)]
+pub enum Step {
+    /// Text (possibly empty) and how many tokens it carries.
+    Text(String),
+    /// The end.
+    Finished {
+        /// Why.
+        reason: FinishReason,
+        /// Statistics.
+        stats: GenerationStats,
+    },
+}
+
+/// A running generation: its events, its admission permit, and its metrics
+/// bookkeeping. Dropping it cancels the generation and frees its place.
+pub struct Generation {
+    service: Arc<Service>,
+    events: UnboundedReceiver<GenerationEvent>,
+    _permit: OwnedSemaphorePermit,
+    /// The drafter in use.
+    pub drafter: Option<String>,
+    /// The routed language.
+    pub language: String,
+    accepted_at: Instant,
+    deadline: tokio::time::Instant,
+    first_token_at: Option<Instant>,
+    state: State,
+}
+
+impl Generation {
+    /// The next piece of the generation, or the error that ended it.
+    pub async fn next(&mut self) -> Result<Step, ApiError> {
+        loop {
+            if self.state == State::Done {
+                return Err(ApiError::Engine(EngineError::ShutDown));
+            }
+            let event = tokio::time::timeout_at(self.deadline, self.events.recv()).await;
+            let event = match event {
+                Err(_) => {
+                    self.finish_gauges();
+                    return Err(ApiError::Timeout(
+                        self.service.config.request_timeout.as_secs(),
+                    ));
+                }
+                Ok(None) => {
+                    self.finish_gauges();
+                    return Err(ApiError::Engine(EngineError::ShutDown));
+                }
+                Ok(Some(event)) => event,
+            };
+            match event {
+                GenerationEvent::Started { .. } => {
+                    self.service.metrics.waiting.dec();
+                    self.service.metrics.running.inc();
+                    self.state = State::Running;
+                }
+                GenerationEvent::Tokens { text, token_ids } => {
+                    if self.first_token_at.is_none() && !token_ids.is_empty() {
+                        self.first_token_at = Some(Instant::now());
+                    }
+                    return Ok(Step::Text(text));
+                }
+                GenerationEvent::Finished { reason, stats } => {
+                    self.finish_gauges();
+                    let duration = self.accepted_at.elapsed().as_secs_f64();
+                    let ttft = self
+                        .first_token_at
+                        .map(|t| (t - self.accepted_at).as_secs_f64());
+                    self.service.metrics.record_generation(
+                        self.drafter.as_deref(),
+                        &self.language,
+                        &stats,
+                        ttft,
+                        duration,
+                    );
+                    tracing::info!(
+                        language = %self.language,
+                        drafter = self.drafter.as_deref().unwrap_or("none"),
+                        prompt_tokens = stats.prompt_tokens,
+                        completion_tokens = stats.completion_tokens,
+                        acceptance = format!("{:.3}", stats.acceptance_rate),
+                        latency_ms = format!("{:.0}", duration * 1000.0),
+                        finish = ?reason,
+                        "request finished"
+                    );
+                    return Ok(Step::Finished { reason, stats });
+                }
+                GenerationEvent::Failed(e) => {
+                    self.finish_gauges();
+                    return Err(ApiError::Engine(e));
+                }
+            }
+        }
+    }
+
+    fn finish_gauges(&mut self) {
+        match self.state {
+            State::Waiting => self.service.metrics.waiting.dec(),
+            State::Running => self.service.metrics.running.dec(),
+            State::Done => {}
+        }
+        self.state = State::Done;
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        // A client that went away: the events channel closes with us, which
+        // cancels the generation in the engine.
+        self.finish_gauges();
+    }
+}
