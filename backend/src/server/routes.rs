@@ -141,7 +141,7 @@ async fn complete(
     endpoint: Endpoint,
     request: ValidatedRequest,
 ) -> Response {
-    let mut generation = match service.start(request) {
+    let mut generation = match service.start(request_id(endpoint), request) {
         Ok(g) => g,
         Err(e) => return error::reply(&e),
     };
@@ -158,7 +158,7 @@ async fn complete(
         generation.drafter.clone(),
         generation.language.clone(),
     );
-    let id = request_id(endpoint);
+    let id = generation.id.clone();
     let model = service.model_name();
     let finish = openai::finish_reason(reason);
     let body = match endpoint {
@@ -300,7 +300,7 @@ fn events(state: StreamState) -> impl Stream<Item = Result<warp::sse::Event, Inf
 /// event in the stream.
 async fn stream(service: &Arc<Service>, endpoint: Endpoint, request: ValidatedRequest) -> Response {
     let include_usage = request.include_usage;
-    let mut generation = match service.start(request) {
+    let mut generation = match service.start(request_id(endpoint), request) {
         Ok(g) => g,
         Err(e) => return error::reply(&e),
     };
@@ -309,9 +309,9 @@ async fn stream(service: &Arc<Service>, endpoint: Endpoint, request: ValidatedRe
         Ok(step) => step,
     };
     let mut state = StreamState {
+        id: generation.id.clone(),
         generation,
         endpoint,
-        id: request_id(endpoint),
         model: service.model_name().to_string(),
         created: unix_time(),
         include_usage,

@@ -121,8 +121,12 @@ impl Service {
         }
     }
 
-    /// Admit, route and start a generation.
-    pub fn start(self: &Arc<Self>, request: ValidatedRequest) -> Result<Generation, ApiError> {
+    /// Admit, route and start a generation; `id` names it in the logs.
+    pub fn start(
+        self: &Arc<Self>,
+        id: String,
+        request: ValidatedRequest,
+    ) -> Result<Generation, ApiError> {
         let backend = self.readiness()?;
         let route = self
             .registry
@@ -169,6 +173,7 @@ impl Service {
         });
         self.metrics.waiting.inc();
         Ok(Generation {
+            id,
             service: Arc::clone(self),
             events,
             _permit: permit,
@@ -206,6 +211,8 @@ pub enum Step {
 /// A running generation: its events, its admission permit, and its metrics
 /// bookkeeping. Dropping it cancels the generation and frees its place.
 pub struct Generation {
+    /// The request id (also in the response).
+    pub id: String,
     service: Arc<Service>,
     events: UnboundedReceiver<GenerationEvent>,
     _permit: OwnedSemaphorePermit,
@@ -266,6 +273,7 @@ impl Generation {
                         duration,
                     );
                     tracing::info!(
+                        id = %self.id,
                         language = %self.language,
                         drafter = self.drafter.as_deref().unwrap_or("none"),
                         prompt_tokens = stats.prompt_tokens,
