@@ -185,3 +185,27 @@ fn cancelled_request_frees_its_slot() {
     }
     assert_engine_still_serves();
 }
+
+/// Drafters naming the same file share one loaded model (and one context per
+/// slot); both still serve their own requests.
+#[test]
+fn drafters_sharing_a_file_share_the_model() {
+    let mut config = EngineConfig::new(target_config(256));
+    config.drafters = vec![
+        model_drafter("euro", models::DEFAULT_DRAFTER_FILE),
+        model_drafter("asia", models::DEFAULT_DRAFTER_FILE),
+    ];
+    let shared = Engine::start(config).unwrap();
+    assert_eq!(shared.info().drafter_models, 1);
+    assert_eq!(shared.info().drafters, ["euro", "asia"]);
+    let plain = shared
+        .generate_blocking(greedy(chat("Say hello in German."), 8, None, 0))
+        .unwrap();
+    for name in ["euro", "asia", "euro"] {
+        let c = shared
+            .generate_blocking(greedy(chat("Say hello in German."), 8, Some(name), 4))
+            .unwrap();
+        assert_eq!(c.drafter.as_deref(), Some(name));
+        assert_eq!(c.token_ids, plain.token_ids);
+    }
+}

@@ -76,6 +76,8 @@ pub struct EngineInfo {
     pub vocab_size: usize,
     /// Names of the loaded drafters.
     pub drafters: Vec<String>,
+    /// Drafter model files loaded (drafters naming the same file share one).
+    pub drafter_models: usize,
     /// Whether the target GGUF carries a chat template.
     pub has_chat_template: bool,
     /// Concurrent sequences.

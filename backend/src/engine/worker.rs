@@ -85,17 +85,28 @@ fn load_model(path: &Path, gpu_layers: u32) -> Result<LlamaModel, EngineError> {
     })
 }
 
-/// A drafter as loaded: its settings and, for model drafters, the model.
+/// A drafter as loaded: its settings and, for model drafters, which of the
+/// loaded drafter models it uses.
 struct LoadedDrafter {
     name: String,
     draft: DraftParams,
-    model: Option<LlamaModel>,
+    model: Option<usize>,
+}
+
+/// The target, the drafter models (each file loaded once, however many
+/// drafters name it), and the drafters.
+struct LoadedModels {
+    target: LlamaModel,
+    drafter_models: Vec<LlamaModel>,
+    drafters: Vec<LoadedDrafter>,
 }
 
 /// Load the models and check every drafter against the target.
-fn load_models(config: &EngineConfig) -> Result<(LlamaModel, Vec<LoadedDrafter>), EngineError> {
+fn load_models(config: &EngineConfig) -> Result<LoadedModels, EngineError> {
     let target = load_model(&config.target.model, config.target.gpu_layers)?;
     let target_vocab = VocabInfo::of(&target);
+    let mut drafter_models: Vec<LlamaModel> = Vec::new();
+    let mut loaded: Vec<(&Path, u32)> = Vec::new();
     let mut drafters = Vec::with_capacity(config.drafters.len());
     for spec in &config.drafters {
         let model = match (spec.kind, &spec.model) {
@@ -107,14 +118,22 @@ fn load_models(config: &EngineConfig) -> Result<(LlamaModel, Vec<LoadedDrafter>)
                 )))
             }
             (DrafterKind::Model, Some(path)) => {
-                let model = load_model(path, spec.gpu_layers)?;
-                check_compatible(&target_vocab, &VocabInfo::of(&model)).map_err(|reason| {
-                    EngineError::IncompatibleDrafter {
-                        drafter: spec.name.clone(),
-                        reason,
+                let key = (path.as_path(), spec.gpu_layers);
+                match loaded.iter().position(|k| *k == key) {
+                    Some(index) => Some(index),
+                    None => {
+                        let model = load_model(path, spec.gpu_layers)?;
+                        check_compatible(&target_vocab, &VocabInfo::of(&model)).map_err(
+                            |reason| EngineError::IncompatibleDrafter {
+                                drafter: spec.name.clone(),
+                                reason,
+                            },
+                        )?;
+                        drafter_models.push(model);
+                        loaded.push(key);
+                        Some(drafter_models.len() - 1)
                     }
-                })?;
-                Some(model)
+                }
             }
         };
         spec.draft
@@ -132,7 +151,11 @@ fn load_models(config: &EngineConfig) -> Result<(LlamaModel, Vec<LoadedDrafter>)
             model,
         });
     }
-    Ok((target, drafters))
+    Ok(LoadedModels {
+        target,
+        drafter_models,
+        drafters,
+    })
 }
 
 fn new_context<'m>(
@@ -174,7 +197,11 @@ pub(super) fn run(
     ready: std::sync::mpsc::SyncSender<Result<EngineInfo, EngineError>>,
     commands: UnboundedReceiver<Command>,
 ) {
-    let (target, drafters) = match load_models(&config) {
+    let LoadedModels {
+        target,
+        drafter_models,
+        drafters,
+    } = match load_models(&config) {
         Ok(models) => models,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -184,7 +211,7 @@ pub(super) fn run(
     let threads = config.threads as i32;
     let mut slots = Vec::with_capacity(config.slots);
     for _ in 0..config.slots.max(1) {
-        match Slot::new(&target, &drafters, config.target.context, threads) {
+        match Slot::new(&target, &drafter_models, config.target.context, threads) {
             Ok(slot) => slots.push(slot),
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -196,6 +223,7 @@ pub(super) fn run(
         context: config.target.context as usize,
         vocab_size: target.vocab().n_tokens().max(0) as usize,
         drafters: drafters.iter().map(|d| d.name.clone()).collect(),
+        drafter_models: drafter_models.len(),
         has_chat_template: target.chat_template(None).is_ok(),
         slots: slots.len(),
     };
@@ -216,8 +244,9 @@ pub(super) fn run(
 /// One sequence's worth of llama.cpp state.
 struct Slot<'m> {
     target: LlamaContext<'m>,
-    /// One context per drafter, `None` for model-free drafters.
-    drafters: Vec<Option<LlamaContext<'m>>>,
+    /// One context per drafter model (drafters sharing a model share it: a
+    /// slot runs one sequence, with one drafter, at a time).
+    drafters: Vec<LlamaContext<'m>>,
     batch: LlamaBatch<'static>,
     sequence: Option<Sequence>,
 }
@@ -225,17 +254,19 @@ struct Slot<'m> {
 impl<'m> Slot<'m> {
     fn new(
         target: &'m LlamaModel,
-        drafters: &'m [LoadedDrafter],
+        drafter_models: &'m [LlamaModel],
         context: u32,
         threads: i32,
     ) -> Result<Self, EngineError> {
         let target_ctx = new_context(target, "the target", context, threads)?;
-        let mut drafter_ctxs = Vec::with_capacity(drafters.len());
-        for d in drafters {
-            drafter_ctxs.push(match &d.model {
-                Some(model) => Some(new_context(model, &d.name, context, threads)?),
-                None => None,
-            });
+        let mut drafter_ctxs = Vec::with_capacity(drafter_models.len());
+        for (i, model) in drafter_models.iter().enumerate() {
+            drafter_ctxs.push(new_context(
+                model,
+                &format!("drafter model {i}"),
+                context,
+                threads,
+            )?);
         }
         let capacity = PROMPT_CHUNK.max(DraftParams::MAX_DRAFT as usize + 1);
         Ok(Self {
@@ -261,6 +292,8 @@ struct Prepared {
 struct Sequence {
     events: UnboundedSender<GenerationEvent>,
     drafter: Option<usize>,
+    /// The drafter's model (index into the slot's drafter contexts), if any.
+    drafter_model: Option<usize>,
     draft: DraftParams,
     sampling: SamplingParams,
     max_tokens: usize,
@@ -413,7 +446,7 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             slot.target.clear_kv_cache();
-            for ctx in slot.drafters.iter_mut().flatten() {
+            for ctx in &mut slot.drafters {
                 ctx.clear_kv_cache();
             }
             let stats = GenerationStats {
@@ -427,6 +460,7 @@ impl<'m> Scheduler<'m> {
             slot.sequence = Some(Sequence {
                 events,
                 drafter: p.drafter,
+                drafter_model: p.drafter.and_then(|i| self.drafters[i].model),
                 draft: p.draft,
                 rng: ChaCha8Rng::seed_from_u64(p.sampling.seed),
                 sampling: p.sampling,
@@ -665,8 +699,14 @@ fn round(
         .min(remaining.saturating_sub(1));
     let t0 = Instant::now();
     let mut draft = match seq.drafter {
-        Some(d) if k > 0 => match slot.drafters[d].as_mut() {
-            Some(ctx) => draft_with_model(seq, ctx, &mut slot.batch, k, max_verify_batch)?,
+        Some(_) if k > 0 => match seq.drafter_model {
+            Some(m) => draft_with_model(
+                seq,
+                &mut slot.drafters[m],
+                &mut slot.batch,
+                k,
+                max_verify_batch,
+            )?,
             None => {
                 let tokens = ngram::propose(&seq.tokens, NgramParams::default(), k);
                 let dists = if seq.sampling.is_greedy() {
@@ -723,7 +763,7 @@ fn round(
     let keep = len + accepted;
     truncate_kv(&mut slot.target, keep)?;
     seq.target_past = keep;
-    if let Some(ctx) = seq.drafter.and_then(|d| slot.drafters[d].as_mut()) {
+    if let Some(ctx) = seq.drafter_model.map(|m| &mut slot.drafters[m]) {
         if seq.drafter_past > keep {
             seq.drafter_past = keep;
             truncate_kv(ctx, keep)?;
