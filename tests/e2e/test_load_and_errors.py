@@ -4,6 +4,7 @@ each gets the right 4xx, and the server keeps serving."""
 import concurrent.futures
 import json
 import socket
+import time
 
 import pytest
 import requests
@@ -59,8 +60,15 @@ def test_disconnected_client_frees_its_slot(server):
         with socket.create_connection((host, int(port))) as s:
             s.sendall(request)
             assert s.recv(64).startswith(b"HTTP/1.1 200")
-    # Three abandoned 400-token streams would hold both slots for a long time;
-    # the next request is served promptly, and the gauges settle at zero.
+    # A non-streamed request whose client hangs up before the answer.
+    whole = json.dumps(chat_body(max_tokens=400)).encode()
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(whole)}\r\n\r\n").encode()
+                  + whole)
+        time.sleep(1)
+    # Four abandoned 400-token generations would hold both slots for a long
+    # time; the next request is served promptly, and the gauges settle at zero.
     r = post(server, "/v1/chat/completions", chat_body(), timeout=60)
     assert r.status_code == 200
     assert "specdec_num_requests_running 0" in server.metrics()
