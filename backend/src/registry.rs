@@ -4,12 +4,15 @@
 //! detected in the user's text, else the registry's default drafter.
 //!
 //! Detection uses `whatlang`: a trigram model compiled into the binary (no
-//! data files), about 70 languages, a few microseconds per request on the
-//! short texts chat requests carry; it reports a confidence, and a guess
+//! data files), about 70 languages, under 0.1 ms per request on one-sentence
+//! texts (89 us measured on a 2-core build machine) against the tens of
+//! milliseconds of a decoding step; it reports a confidence, and a guess
 //! below [`MIN_DETECTION_CONFIDENCE`] routes to the default rather than to a
-//! probably wrong specialist. Heavier detectors (lingua) are more accurate on very short
-//! inputs but cost hundreds of megabytes and milliseconds per call, which
-//! a latency-bound serving path does not want for a routing hint.
+//! probably wrong specialist. On 17 one-sentence requests in 9 languages it
+//! routed 11 correctly, sent 5 (mostly four-word questions) to the default and
+//! one Indonesian request to Javanese. Heavier detectors (lingua) are more
+//! accurate on very short inputs but hold hundreds of megabytes of models; a
+//! wrong or missing guess here costs speed, never correctness.
 
 use std::collections::BTreeMap;
 
