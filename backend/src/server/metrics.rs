@@ -37,13 +37,31 @@ pub struct Metrics {
     draft_length: IntGaugeVec,
 }
 
+/// Register a metric and hand it back. The definitions in this file are
+/// fixed, so failures here are programming errors caught at start-up.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
         .expect("metric definitions are valid");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric names are unique");
-    c
+    register(registry, c)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+        .expect("metric definitions are valid");
+    register(registry, c)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+        .expect("metric definitions are valid");
+    register(registry, g)
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
@@ -54,10 +72,7 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>)
         &["drafter", "language"],
     )
     .expect("metric definitions are valid");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric names are unique");
-    h
+    register(registry, h)
 }
 
 impl Metrics {
@@ -90,32 +105,18 @@ impl Metrics {
             "Accepted drafted tokens by position in the draft (0 is the first).",
             &["drafter", "language", "position"],
         );
-        let prompt_tokens = IntCounter::with_opts(
-            Opts::new("prompt_tokens_total", "Prompt tokens processed.").namespace(NAMESPACE),
-        )
-        .expect("metric definitions are valid");
-        let generation_tokens = IntCounter::with_opts(
-            Opts::new("generation_tokens_total", "Tokens generated.").namespace(NAMESPACE),
-        )
-        .expect("metric definitions are valid");
-        let running = IntGauge::with_opts(
-            Opts::new("num_requests_running", "Requests being generated.").namespace(NAMESPACE),
-        )
-        .expect("metric definitions are valid");
-        let waiting = IntGauge::with_opts(
-            Opts::new("num_requests_waiting", "Requests waiting for a slot.").namespace(NAMESPACE),
-        )
-        .expect("metric definitions are valid");
-        for m in [&prompt_tokens, &generation_tokens] {
-            registry
-                .register(Box::new(m.clone()))
-                .expect("metric names are unique");
-        }
-        for g in [&running, &waiting] {
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric names are unique");
-        }
+        let prompt_tokens = counter(&registry, "prompt_tokens_total", "Prompt tokens processed.");
+        let generation_tokens = counter(&registry, "generation_tokens_total", "Tokens generated.");
+        let running = gauge(
+            &registry,
+            "num_requests_running",
+            "Requests being generated.",
+        );
+        let waiting = gauge(
+            &registry,
+            "num_requests_waiting",
+            "Requests waiting for a slot.",
+        );
         let requests = counter_vec(
             &registry,
             "requests_total",
@@ -145,18 +146,18 @@ impl Metrics {
                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0,
             ],
         );
-        let draft_length = IntGaugeVec::new(
-            Opts::new(
-                "draft_length",
-                "Current draft length (most tokens drafted per round) of each drafter.",
+        let draft_length = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "draft_length",
+                    "Current draft length (most tokens drafted per round) of each drafter.",
+                )
+                .namespace(NAMESPACE),
+                &["drafter"],
             )
-            .namespace(NAMESPACE),
-            &["drafter"],
-        )
-        .expect("metric definitions are valid");
-        registry
-            .register(Box::new(draft_length.clone()))
-            .expect("metric names are unique");
+            .expect("metric definitions are valid"),
+        );
         Self {
             registry,
             num_drafts,
