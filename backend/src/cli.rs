@@ -347,8 +347,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let registry = read_registry(&args.registry)?;
-    let mut config = EngineConfig::new(registry.target.clone());
-    config.drafters = registry.drafters.clone();
+    let mut config = EngineConfig::from_registry(&registry);
     if let Some(threads) = args.engine.threads {
         config.threads = threads;
     }

@@ -50,6 +50,14 @@ pub const DEFAULT_MAX_VERIFY_BATCH: usize = if cfg!(any(feature = "cuda", featur
 };
 
 impl EngineConfig {
+    /// The target and drafters of a registry file, one slot, all cores.
+    pub fn from_registry(registry: &crate::config::RegistryConfig) -> Self {
+        Self {
+            drafters: registry.drafters.clone(),
+            ..Self::new(registry.target.clone())
+        }
+    }
+
     /// A configuration for one target, no drafters, one slot, all cores.
     pub fn new(target: TargetConfig) -> Self {
         Self {

@@ -369,7 +369,10 @@ impl<'m> Scheduler<'m> {
                 "max_tokens must be at least 1".into(),
             ));
         }
-        validate_sampling(&request.sampling)?;
+        request
+            .sampling
+            .validate()
+            .map_err(|e| EngineError::InvalidRequest(e.message))?;
         let (drafter, draft) = match &request.drafter {
             DrafterChoice::None => (None, DraftParams::default()),
             DrafterChoice::Named(name) => {
@@ -515,23 +518,6 @@ impl<'m> Scheduler<'m> {
             }
         }
     }
-}
-
-fn validate_sampling(s: &SamplingParams) -> Result<(), EngineError> {
-    let bad = |msg: String| Err(EngineError::InvalidRequest(msg));
-    if !s.temperature.is_finite() || s.temperature < 0.0 {
-        return bad(format!(
-            "temperature {} must be a finite number >= 0",
-            s.temperature
-        ));
-    }
-    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        return bad(format!("top_p {} must be in (0, 1]", s.top_p));
-    }
-    if !(0.0..1.0).contains(&s.min_p) {
-        return bad(format!("min_p {} must be in [0, 1)", s.min_p));
-    }
-    Ok(())
 }
 
 fn ms(since: Instant) -> f64 {

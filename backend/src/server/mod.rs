@@ -56,8 +56,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(address = %config.listen, "listening; loading models");
 
-    let mut engine_config = EngineConfig::new(config.registry.target.clone());
-    engine_config.drafters = config.registry.drafters.clone();
+    let mut engine_config = EngineConfig::from_registry(&config.registry);
     engine_config.threads = config.threads;
     engine_config.slots = config.slots;
     let (load_failed_tx, load_failed) = tokio::sync::oneshot::channel::<String>();

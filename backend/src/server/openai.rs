@@ -250,25 +250,12 @@ pub fn validate(
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
         Some(_) => return Err(invalid_param("logprobs", "`logprobs` is not supported")),
     }
+    // OpenAI's own bound; the engine's ranges are checked below.
     let temperature = common.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(invalid_param(
             "temperature",
             format!("temperature must be between 0 and 2, got {temperature}"),
-        ));
-    }
-    let top_p = common.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(invalid_param(
-            "top_p",
-            format!("top_p must be in (0, 1], got {top_p}"),
-        ));
-    }
-    let min_p = common.min_p.unwrap_or(0.0);
-    if !(0.0..1.0).contains(&min_p) {
-        return Err(invalid_param(
-            "min_p",
-            format!("min_p must be in [0, 1), got {min_p}"),
         ));
     }
     let top_k = match common.top_k {
@@ -305,18 +292,22 @@ pub fn validate(
             ));
         }
     }
+    let sampling = SamplingParams {
+        temperature,
+        top_k,
+        top_p: common.top_p.unwrap_or(1.0),
+        min_p: common.min_p.unwrap_or(0.0),
+        seed,
+    };
+    sampling
+        .validate()
+        .map_err(|e| invalid_param(e.field, e.message))?;
     let stream = common.stream.unwrap_or(false);
     Ok(ValidatedRequest {
         prompt,
         detection_text,
         max_tokens,
-        sampling: SamplingParams {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            seed,
-        },
+        sampling,
         stop,
         stream,
         include_usage: stream

@@ -35,10 +35,44 @@ impl Default for SamplingParams {
     }
 }
 
+/// A sampling parameter out of its range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidSampling {
+    /// The parameter's name.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
 impl SamplingParams {
     /// Whether decoding is greedy (deterministic argmax).
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
+    }
+
+    /// Check the ranges of the parameters.
+    pub fn validate(&self) -> Result<(), InvalidSampling> {
+        let invalid = |field, message| Err(InvalidSampling { field, message });
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            let t = self.temperature;
+            return invalid(
+                "temperature",
+                format!("temperature must be a finite number >= 0, got {t}"),
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {}", self.top_p),
+            );
+        }
+        if !(0.0..1.0).contains(&self.min_p) {
+            return invalid(
+                "min_p",
+                format!("min_p must be in [0, 1), got {}", self.min_p),
+            );
+        }
+        Ok(())
     }
 }
 
