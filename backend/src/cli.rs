@@ -27,6 +27,21 @@ enum Command {
     Check(CheckArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Download a model into the model directory, verifying its SHA-256.
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+struct FetchArgs {
+    /// `https://` (or `http://`) URL of the file; stored under its last path segment.
+    #[arg(long)]
+    url: String,
+    /// Expected SHA-256 (64 hex digits); a mismatch keeps nothing and fails.
+    #[arg(long)]
+    sha256: String,
+    /// Directory to store the file in (default: the model directory).
+    #[arg(long, env = "SPECDEC_MODEL_DIR")]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +156,7 @@ pub fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Check(args) => check(args),
         Command::Serve(args) => serve(args),
+        Command::Fetch(args) => fetch(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +174,20 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    let dir = args.dir.unwrap_or_else(models::model_dir);
+    let (path, outcome) = crate::fetch::fetch(&args.url, &args.sha256, &dir)?;
+    match outcome {
+        crate::fetch::FetchOutcome::Downloaded { bytes } => {
+            println!("{}: downloaded {bytes} bytes, sha256 verified", path.display())
+        }
+        crate::fetch::FetchOutcome::AlreadyPresent => {
+            println!("{}: already present, sha256 verified", path.display())
+        }
+    }
+    Ok(())
 }
 
 const DRAFTER_NAME: &str = "drafter";
@@ -263,8 +293,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 fn read_registry(path: &std::path::Path) -> anyhow::Result<RegistryConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let registry =
+    let mut registry =
         RegistryConfig::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    registry.resolve_model_paths(&models::model_dir());
     check_model_files(&registry)?;
     Ok(registry)
 }

@@ -3,7 +3,7 @@
 //! without the `engine` feature, so the operator never links llama.cpp.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +65,8 @@ impl DraftParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
-    /// Path of the GGUF file.
+    /// Path of the GGUF file; a relative path is resolved against the model
+    /// directory.
     pub model: PathBuf,
     /// Context length in tokens.
     #[serde(default = "default_context")]
@@ -102,7 +103,8 @@ pub struct DrafterConfig {
     /// ISO 639-1 codes this drafter serves; `*` for any.
     #[serde(default)]
     pub languages: Vec<String>,
-    /// Path of the GGUF file (kind `model` only).
+    /// Path of the GGUF file (kind `model` only); a relative path is
+    /// resolved against the model directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
     /// Layers offloaded to the GPU (kind `model` only).
@@ -144,6 +146,23 @@ impl RegistryConfig {
         let config: Self = serde_yaml::from_str(text)?;
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
+    }
+
+    /// Resolve relative model paths against `model_dir` (the model directory,
+    /// `SPECDEC_MODEL_DIR`), so one registry file works wherever the models
+    /// were fetched to. Absolute paths are kept.
+    pub fn resolve_model_paths(&mut self, model_dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = model_dir.join(&*path);
+            }
+        };
+        resolve(&mut self.target.model);
+        for drafter in &mut self.drafters {
+            if let Some(model) = drafter.model.as_mut() {
+                resolve(model);
+            }
+        }
     }
 
     /// Render as YAML.
@@ -245,6 +264,21 @@ default: lookup
 
     fn invalid(text: &str) -> String {
         RegistryConfig::from_yaml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn resolves_relative_model_paths_against_the_model_dir() {
+        let mut config = RegistryConfig::from_yaml(
+            "target: {model: t.gguf}\ndrafters: [{name: d, model: /abs/d.gguf}, {name: e, model: sub/e.gguf}]\n",
+        )
+        .unwrap();
+        config.resolve_model_paths(Path::new("/cache/models"));
+        assert_eq!(config.target.model, Path::new("/cache/models/t.gguf"));
+        assert_eq!(config.drafters[0].model.as_deref(), Some(Path::new("/abs/d.gguf")));
+        assert_eq!(
+            config.drafters[1].model.as_deref(),
+            Some(Path::new("/cache/models/sub/e.gguf"))
+        );
     }
 
     #[test]

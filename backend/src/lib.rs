@@ -2,7 +2,10 @@
 //! on llama.cpp.
 //!
 //! - [`config`]: the drafter-registry file format (shared with the operator;
-//!   the only module built without the `engine` feature).
+//!   built without the `engine` feature).
+//! - [`metric_names`]: names of the metrics the operator reads (also built
+//!   without the `engine` feature).
+//! - [`fetch`]: downloading a model with checksum verification.
 //! - [`speculative`]: model-independent pieces (sampling, acceptance math,
 //!   n-gram drafting, text assembly).
 //! - [`engine`]: the llama.cpp-owning engine thread and its async handle.
@@ -11,7 +14,11 @@
 //! - [`cli`]: the `specdec` command line.
 
 pub mod config;
+pub mod metric_names;
 pub mod models;
+
+#[cfg(feature = "engine")]
+pub mod fetch;
 
 #[cfg(feature = "engine")]
 pub mod cli;

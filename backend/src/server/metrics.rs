@@ -10,9 +10,10 @@ use prometheus::{
 };
 
 use crate::engine::GenerationStats;
-
-/// Prefix of every metric.
-pub const NAMESPACE: &str = "specdec";
+use crate::metric_names::{
+    LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_POSITION, NAMESPACE, SPEC_DECODE_NUM_ACCEPTED_TOKENS,
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS, SPEC_DECODE_NUM_DRAFTS, SPEC_DECODE_NUM_DRAFT_TOKENS,
+};
 
 /// Label value for requests decoded without a drafter.
 pub const NO_DRAFTER: &str = "none";
@@ -69,7 +70,7 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>)
         HistogramOpts::new(name, help)
             .namespace(NAMESPACE)
             .buckets(buckets),
-        &["drafter", "language"],
+        &[LABEL_DRAFTER, LABEL_LANGUAGE],
     )
     .expect("metric definitions are valid");
     register(registry, h)
@@ -80,30 +81,30 @@ impl Metrics {
     /// in the definitions above (at start-up, never on a request path).
     pub fn new() -> Self {
         let registry = Registry::new();
-        let spec = ["drafter", "language"];
+        let spec = [LABEL_DRAFTER, LABEL_LANGUAGE];
         let num_drafts = counter_vec(
             &registry,
-            "spec_decode_num_drafts_total",
+            SPEC_DECODE_NUM_DRAFTS,
             "Verification rounds that checked at least one drafted token.",
             &spec,
         );
         let num_draft_tokens = counter_vec(
             &registry,
-            "spec_decode_num_draft_tokens_total",
+            SPEC_DECODE_NUM_DRAFT_TOKENS,
             "Tokens proposed by drafters.",
             &spec,
         );
         let num_accepted_tokens = counter_vec(
             &registry,
-            "spec_decode_num_accepted_tokens_total",
+            SPEC_DECODE_NUM_ACCEPTED_TOKENS,
             "Drafted tokens the target accepted.",
             &spec,
         );
         let num_accepted_tokens_per_pos = counter_vec(
             &registry,
-            "spec_decode_num_accepted_tokens_per_pos_total",
+            SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS,
             "Accepted drafted tokens by position in the draft (0 is the first).",
-            &["drafter", "language", "position"],
+            &[LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_POSITION],
         );
         let prompt_tokens = counter(&registry, "prompt_tokens_total", "Prompt tokens processed.");
         let generation_tokens = counter(&registry, "generation_tokens_total", "Tokens generated.");
@@ -154,7 +155,7 @@ impl Metrics {
                     "Current draft length (most tokens drafted per round) of each drafter.",
                 )
                 .namespace(NAMESPACE),
-                &["drafter"],
+                &[LABEL_DRAFTER],
             )
             .expect("metric definitions are valid"),
         );

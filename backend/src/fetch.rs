@@ -1,0 +1,236 @@
+//! Downloading a model file into the model directory with SHA-256
+//! verification: what `specdec fetch` does, and what the operator's init
+//! container runs for `https://` model sources.
+//!
+//! The file appears under its final name only once its checksum matched, so a
+//! crash or a bad download never leaves a file that looks complete. A file
+//! already present with the right checksum is kept (idempotent, and cheap on a
+//! persistent model cache).
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// Attempts per download before giving up on transport errors.
+const ATTEMPTS: u32 = 3;
+
+/// A download that cannot be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The arguments are unusable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The server answered with an error or could not be reached.
+    #[error("downloading {url}: {message}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The bytes arrived but are not the expected file.
+    #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}; nothing was kept")]
+    ChecksumMismatch {
+        /// The URL.
+        url: String,
+        /// The SHA-256 asked for.
+        expected: String,
+        /// The SHA-256 of what arrived.
+        actual: String,
+    },
+    /// Local file system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What [`fetch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Downloaded and verified `bytes` bytes.
+    Downloaded {
+        /// Size of the file.
+        bytes: u64,
+    },
+    /// The file was already there with the right checksum.
+    AlreadyPresent,
+}
+
+/// The file name a URL is stored under: its last path segment.
+pub fn file_name_of(url: &str) -> Result<String, FetchError> {
+    let invalid = |why: &str| FetchError::InvalidArgument(format!("url `{url}`: {why}"));
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| invalid("only http:// and https:// are supported"))?;
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
+    let (_, path) = path
+        .split_once('/')
+        .ok_or_else(|| invalid("has no path naming a file"))?;
+    let name = path.rsplit('/').next().unwrap_or_default();
+    if name.is_empty() || name == "." || name == ".." || name.contains('\\') {
+        return Err(invalid("its path does not end in a file name"));
+    }
+    Ok(name.to_string())
+}
+
+/// Check that `sha256` is 64 hex digits and normalise it to lowercase.
+pub fn parse_sha256(sha256: &str) -> Result<String, FetchError> {
+    if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(sha256.to_ascii_lowercase())
+    } else {
+        Err(FetchError::InvalidArgument(format!(
+            "sha256 `{sha256}` is not 64 hexadecimal digits"
+        )))
+    }
+}
+
+/// Download `url` into `dir` under its file name, verifying `sha256`.
+/// Returns the file's path and what was done.
+pub fn fetch(url: &str, sha256: &str, dir: &Path) -> Result<(PathBuf, FetchOutcome), FetchError> {
+    let expected = parse_sha256(sha256)?;
+    let name = file_name_of(url)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FetchError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let destination = dir.join(&name);
+    if destination.is_file() {
+        if sha256_of_file(&destination)? == expected {
+            return Ok((destination, FetchOutcome::AlreadyPresent));
+        }
+        tracing::warn!(
+            path = %destination.display(),
+            "present file has another checksum; downloading again"
+        );
+    }
+    let partial = dir.join(format!(".{name}.partial"));
+    let mut last_error = None;
+    for attempt in 1..=ATTEMPTS {
+        match download(url, &partial) {
+            Ok((bytes, actual)) => {
+                if actual != expected {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(FetchError::ChecksumMismatch {
+                        url: url.to_string(),
+                        expected,
+                        actual,
+                    });
+                }
+                std::fs::rename(&partial, &destination).map_err(io(&destination))?;
+                return Ok((destination, FetchOutcome::Downloaded { bytes }));
+            }
+            Err(e @ FetchError::Transport { .. }) if attempt < ATTEMPTS => {
+                tracing::warn!(attempt, error = %e, "download failed; retrying");
+                std::thread::sleep(Duration::from_secs(2u64.pow(attempt)));
+                last_error = Some(e);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&partial);
+    Err(last_error.unwrap_or_else(|| FetchError::Transport {
+        url: url.to_string(),
+        message: "no attempt made".into(),
+    }))
+}
+
+/// Stream `url` into `path`, hashing on the way. Returns size and SHA-256.
+fn download(url: &str, path: &Path) -> Result<(u64, String), FetchError> {
+    let transport = |message: String| FetchError::Transport {
+        url: url.to_string(),
+        message,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_body(None)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().map_err(|e| transport(e.to_string()))?;
+    let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
+    let mut file = File::create(path).map_err(|source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    let mut next_report = 256u64 << 20;
+    loop {
+        let n = body
+            .read(&mut buffer)
+            .map_err(|e| transport(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        file.write_all(&buffer[..n]).map_err(|source| FetchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        bytes += n as u64;
+        if bytes >= next_report {
+            tracing::info!(url, mib = bytes >> 20, "downloading");
+            next_report += 256 << 20;
+        }
+    }
+    file.sync_all().map_err(|source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((bytes, hex::encode(hasher.finalize())))
+}
+
+/// SHA-256 of a file, lowercase hex.
+pub fn sha256_of_file(path: &Path) -> Result<String, FetchError> {
+    let io = |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buffer).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_name_is_the_last_path_segment() {
+        assert_eq!(
+            file_name_of("https://host/org/repo/resolve/main/model.gguf?download=true").unwrap(),
+            "model.gguf"
+        );
+        assert!(file_name_of("https://host/").is_err());
+        assert!(file_name_of("https://host").is_err());
+        assert!(file_name_of("ftp://host/a.gguf").is_err());
+        assert!(file_name_of("https://host/dir/..").is_err());
+    }
+
+    #[test]
+    fn sha256_must_be_64_hex_digits() {
+        assert_eq!(parse_sha256(&"AB".repeat(32)).unwrap(), "ab".repeat(32));
+        assert!(parse_sha256("abc").is_err());
+        assert!(parse_sha256(&"zz".repeat(32)).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! Names of the backend's Prometheus metrics that others read: one
+//! definition, used by the server that exports them and by the operator that
+//! scrapes them from the pods.
+
+/// Prefix of every metric.
+pub const NAMESPACE: &str = "specdec";
+
+/// Verification rounds that checked at least one drafted token (vLLM's `num_drafts`).
+pub const SPEC_DECODE_NUM_DRAFTS: &str = "spec_decode_num_drafts_total";
+/// Tokens proposed by drafters.
+pub const SPEC_DECODE_NUM_DRAFT_TOKENS: &str = "spec_decode_num_draft_tokens_total";
+/// Drafted tokens the target accepted.
+pub const SPEC_DECODE_NUM_ACCEPTED_TOKENS: &str = "spec_decode_num_accepted_tokens_total";
+/// Accepted drafted tokens by position in the draft.
+pub const SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS: &str =
+    "spec_decode_num_accepted_tokens_per_pos_total";
+
+/// Label naming the drafter.
+pub const LABEL_DRAFTER: &str = "drafter";
+/// Label naming the request's language.
+pub const LABEL_LANGUAGE: &str = "language";
+/// Label naming the draft position.
+pub const LABEL_POSITION: &str = "position";
+
+/// The exported name: `specdec_` + `name`.
+pub fn exported(name: &str) -> String {
+    format!("{NAMESPACE}_{name}")
+}

@@ -1,0 +1,356 @@
+//! The Deployment: init containers that fetch `https://` models, and the
+//! server container running the target with all its drafters (co-located, so
+//! draft and verify never cross the network).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    HostPathVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::configmap::{configmap_name, REGISTRY_FILE, REGISTRY_MOUNT_DIR};
+use super::Owner;
+use crate::crd::SpeculativeDeploymentSpec;
+use crate::model_source::{MODEL_CACHE_DIR, PVC_SOURCES_DIR};
+use crate::plan::Plan;
+
+/// Pod annotation carrying the registry's SHA-256: a registry change
+/// changes the pod template and so rolls the pods.
+pub const REGISTRY_SHA256_ANNOTATION: &str = "specdec.io/registry-sha256";
+/// Container port of the API (the Service maps its port onto it).
+pub const HTTP_PORT: i32 = 8080;
+/// Name of that port.
+pub const HTTP_PORT_NAME: &str = "http";
+/// Extended resource of NVIDIA GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+const REGISTRY_VOLUME: &str = "registry";
+const MODEL_CACHE_VOLUME: &str = "model-cache";
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(HTTP_PORT_NAME.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(5),
+        ..Probe::default()
+    }
+}
+
+/// The server container's resources: the spec's, plus `gpus` as a limit (and
+/// request, which Kubernetes requires equal for extended resources).
+fn resources(spec: &SpeculativeDeploymentSpec) -> Option<ResourceRequirements> {
+    let mut resources = spec.resources.clone().unwrap_or_default();
+    if spec.gpus > 0 {
+        let gpus = Quantity(spec.gpus.to_string());
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert(GPU_RESOURCE.into(), gpus.clone());
+        resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert(GPU_RESOURCE.into(), gpus);
+    }
+    (resources != ResourceRequirements::default()).then_some(resources)
+}
+
+/// The spec's tolerations, plus the `nvidia.com/gpu` taint when GPUs are
+/// requested (as Kubernetes' ExtendedResourceToleration admission would add).
+fn tolerations(spec: &SpeculativeDeploymentSpec) -> Option<Vec<Toleration>> {
+    let mut tolerations = spec.tolerations.clone().unwrap_or_default();
+    if spec.gpus > 0 && !tolerations.iter().any(|t| t.key.as_deref() == Some(GPU_RESOURCE)) {
+        tolerations.push(Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        });
+    }
+    (!tolerations.is_empty()).then_some(tolerations)
+}
+
+fn volumes(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: REGISTRY_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: configmap_name(owner),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let cache = spec.model_cache.as_ref();
+    let cache_volume = match cache.and_then(|c| c.persistent_volume_claim.as_ref()) {
+        Some(pvc) => Volume {
+            name: MODEL_CACHE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: MODEL_CACHE_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: cache
+                    .and_then(|c| c.empty_dir.as_ref())
+                    .and_then(|e| e.size_limit.clone()),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    };
+    volumes.push(cache_volume);
+    for (i, claim) in plan.source_claims.iter().enumerate() {
+        volumes.push(Volume {
+            name: format!("source-pvc-{i}"),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        });
+    }
+    for (i, file) in plan.node_files.iter().enumerate() {
+        volumes.push(Volume {
+            name: format!("source-node-{i}"),
+            host_path: Some(HostPathVolumeSource {
+                path: file.host_path.clone(),
+                type_: Some("File".into()),
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
+}
+
+fn source_mounts(plan: &Plan) -> Vec<VolumeMount> {
+    let pvc = plan
+        .source_claims
+        .iter()
+        .enumerate()
+        .map(|(i, claim)| mount(&format!("source-pvc-{i}"), &format!("{PVC_SOURCES_DIR}/{claim}"), true));
+    let node = plan
+        .node_files
+        .iter()
+        .enumerate()
+        .map(|(i, file)| mount(&format!("source-node-{i}"), &file.mount_path, true));
+    pvc.chain(node).collect()
+}
+
+/// The Deployment of `owner`.
+pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Deployment {
+    let model_dir_env = EnvVar {
+        name: specdec_backend::models::MODEL_DIR_ENV.into(),
+        value: Some(MODEL_CACHE_DIR.into()),
+        ..EnvVar::default()
+    };
+    let init_containers: Vec<Container> = plan
+        .downloads
+        .iter()
+        .enumerate()
+        .map(|(i, download)| Container {
+            name: format!("fetch-{i}"),
+            image: Some(spec.image.clone()),
+            image_pull_policy: spec.image_pull_policy.clone(),
+            command: Some(vec!["specdec".into()]),
+            args: Some(vec![
+                "fetch".into(),
+                "--url".into(),
+                download.url.clone(),
+                "--sha256".into(),
+                download.sha256.clone(),
+            ]),
+            env: Some(vec![model_dir_env.clone()]),
+            volume_mounts: Some(vec![mount(MODEL_CACHE_VOLUME, MODEL_CACHE_DIR, false)]),
+            ..Container::default()
+        })
+        .collect();
+    let mut mounts = vec![
+        mount(REGISTRY_VOLUME, REGISTRY_MOUNT_DIR, true),
+        mount(MODEL_CACHE_VOLUME, MODEL_CACHE_DIR, true),
+    ];
+    mounts.extend(source_mounts(plan));
+    let env = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let server = Container {
+        name: "server".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        command: Some(vec!["specdec".into()]),
+        args: Some(vec![
+            "serve".into(),
+            "--registry".into(),
+            format!("{REGISTRY_MOUNT_DIR}/{REGISTRY_FILE}"),
+            "--host".into(),
+            "0.0.0.0".into(),
+            "--port".into(),
+            HTTP_PORT.to_string(),
+            "--model-name".into(),
+            owner.name.clone(),
+        ]),
+        env: Some(vec![
+            model_dir_env,
+            env("SPECDEC_SLOTS", spec.server.slots.to_string()),
+            env("SPECDEC_MAX_WAITING", spec.server.max_waiting.to_string()),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(HTTP_PORT_NAME.into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Loading a model can take minutes: the startup probe allows 10
+        // minutes before liveness applies.
+        startup_probe: Some(probe("/healthz", 5, 120)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        resources: resources(spec),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let mut pod_labels = owner.labels();
+    pod_labels.extend(owner.selector_labels());
+    let annotations = BTreeMap::from([(
+        REGISTRY_SHA256_ANNOTATION.to_string(),
+        plan.registry_sha256.clone(),
+    )]);
+    Deployment {
+        metadata: owner.child_meta(owner.name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(owner.selector_labels()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
+                    containers: vec![server],
+                    volumes: Some(volumes(owner, spec, plan)),
+                    node_selector: spec.node_selector.clone(),
+                    tolerations: tolerations(spec),
+                    affinity: spec.affinity.clone(),
+                    // In-flight generations get time to finish on SIGTERM.
+                    termination_grace_period_seconds: Some(60),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tests::owner;
+    use crate::plan::{plan, tests::sample_spec};
+
+    fn pod(spec: &SpeculativeDeploymentSpec) -> PodSpec {
+        let plan = plan(spec).unwrap();
+        deployment(&owner(), spec, &plan)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    #[test]
+    fn fetches_https_models_with_their_checksums() {
+        let spec = sample_spec();
+        let pod = pod(&spec);
+        let init = pod.init_containers.unwrap();
+        assert_eq!(init.len(), 2);
+        let args = init
+            .iter()
+            .map(|c| c.args.clone().unwrap().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(args.contains(spec.target.model.sha256.as_deref().unwrap()));
+        assert!(args.contains("fetch --url https://"));
+    }
+
+    #[test]
+    fn gpus_become_limits_and_a_toleration() {
+        let mut spec = sample_spec();
+        spec.gpus = 2;
+        let pod = pod(&spec);
+        let server = &pod.containers[0];
+        let limits = server.resources.clone().unwrap().limits.unwrap();
+        assert_eq!(limits[GPU_RESOURCE], Quantity("2".into()));
+        assert_eq!(limits["memory"], Quantity("8Gi".into()));
+        assert!(pod
+            .tolerations
+            .unwrap()
+            .iter()
+            .any(|t| t.key.as_deref() == Some(GPU_RESOURCE)));
+        spec.gpus = 0;
+        spec.resources = None;
+        let pod = super::tests::pod(&spec);
+        assert!(pod.containers[0].resources.is_none());
+        assert!(pod.tolerations.is_none());
+    }
+
+    #[test]
+    fn registry_change_changes_the_pod_template() {
+        let spec = sample_spec();
+        let annotation = |spec: &SpeculativeDeploymentSpec| {
+            let plan = plan(spec).unwrap();
+            deployment(&owner(), spec, &plan)
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[REGISTRY_SHA256_ANNOTATION]
+                .clone()
+        };
+        let mut edited = spec.clone();
+        edited.drafters[0].languages.retain(|l| l != "de");
+        assert_ne!(annotation(&spec), annotation(&edited));
+        assert_eq!(annotation(&spec), annotation(&spec.clone()));
+    }
+
+    #[test]
+    fn probes_and_placement_follow_the_spec() {
+        let mut spec = sample_spec();
+        spec.node_selector = Some(BTreeMap::from([("pool".into(), "gpu".into())]));
+        let pod = pod(&spec);
+        let server = &pod.containers[0];
+        let path = |p: &Option<Probe>| p.clone().unwrap().http_get.unwrap().path.unwrap();
+        assert_eq!(path(&server.readiness_probe), "/readyz");
+        assert_eq!(path(&server.liveness_probe), "/healthz");
+        assert_eq!(pod.node_selector.unwrap()["pool"], "gpu");
+    }
+}

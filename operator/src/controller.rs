@@ -1,0 +1,434 @@
+//! The reconciler: dereference -> validate -> build -> apply -> update
+//! status, for every `SpeculativeDeployment`. Validation and building are the
+//! pure [`plan`](crate::plan) and [`build`](crate::build) modules; this file
+//! only talks to the API server and the pods.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::acceptance::{self, Totals};
+use crate::build::{self, Owner, FIELD_MANAGER, HTTP_PORT};
+use crate::crd::{SpeculativeDeployment, SpeculativeDeploymentSpec};
+use crate::metrics::Metrics;
+use crate::plan::{self, Plan};
+use crate::status::{self, Observation, Outcome};
+
+/// Settings of the reconciler, read once from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace to watch; all when `None`.
+    pub namespace: Option<String>,
+    /// How often a healthy deployment's status (and acceptance) is refreshed.
+    pub status_interval: Duration,
+    /// Timeout of one pod's `/metrics` scrape.
+    pub scrape_timeout: Duration,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    http: reqwest::Client,
+    settings: Settings,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        identity: String,
+        settings: Settings,
+    ) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.scrape_timeout)
+            .build()
+            .map_err(|e| Error::Http(e.to_string()))?;
+        Ok(Self {
+            client,
+            metrics,
+            reporter: Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(identity),
+            },
+            http,
+            settings,
+            failures: Mutex::default(),
+        })
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A reconcile that failed; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object lacks metadata the API server always sets.
+    #[error("object has no {0}")]
+    MissingMetadata(&'static str),
+    /// The HTTP client for scraping could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+impl Error {
+    /// Label of the error in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+            Error::MissingMetadata(_) => "metadata",
+            Error::Http(_) => "http",
+        }
+    }
+}
+
+fn key(sd: &SpeculativeDeployment) -> String {
+    format!("{}/{}", sd.namespace().unwrap_or_default(), sd.name_any())
+}
+
+/// Backoff after `failures` consecutive failures: 5 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exponent).min(300))
+}
+
+/// Check what the spec names but the schema cannot see: that its
+/// PersistentVolumeClaims exist.
+async fn dereference(
+    client: &Client,
+    namespace: &str,
+    spec: &SpeculativeDeploymentSpec,
+    plan: &Plan,
+) -> Result<Result<(), Outcome>, Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    for claim in plan.required_claims(spec) {
+        if claims.get_opt(claim).await?.is_none() {
+            return Ok(Err(Outcome::Blocked {
+                reason: "MissingPersistentVolumeClaim".into(),
+                message: format!(
+                    "PersistentVolumeClaim `{claim}` does not exist in namespace `{namespace}`; create it or change the model source or model cache"
+                ),
+            }));
+        }
+    }
+    Ok(Ok(()))
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the cluster serves the Prometheus Operator's ServiceMonitor.
+async fn has_service_monitors(client: &Client) -> bool {
+    let gvk = kube::api::GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
+    kube::discovery::pinned_kind(client, &gvk).await.is_ok()
+}
+
+/// Server-side apply every child; returns the Deployment as stored.
+async fn apply(
+    client: &Client,
+    owner: &Owner,
+    spec: &SpeculativeDeploymentSpec,
+    plan: &Plan,
+) -> Result<Deployment, Error> {
+    let ns = owner.namespace.as_str();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let configmap = build::configmap(owner, plan);
+    let configmap_name = configmap.metadata.name.clone().unwrap_or_default();
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(&configmap_name, &params, &Patch::Apply(&configmap))
+        .await?;
+    Api::<Service>::namespaced(client.clone(), ns)
+        .patch(&owner.name, &params, &Patch::Apply(&build::service(owner, spec)))
+        .await?;
+    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
+        .patch(
+            &owner.name,
+            &params,
+            &Patch::Apply(&build::deployment(owner, spec, plan)),
+        )
+        .await?;
+    let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    match build::pod_disruption_budget(owner, spec) {
+        Some(pdb) => {
+            budgets
+                .patch(&owner.name, &params, &Patch::Apply(&pdb))
+                .await?;
+        }
+        None => delete_if_present(&budgets, &owner.name).await?,
+    }
+    if has_service_monitors(client).await {
+        let resource = build::service_monitor_resource();
+        let monitors = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
+        match build::service_monitor(owner, spec) {
+            Some(monitor) => {
+                monitors
+                    .patch(&owner.name, &params, &Patch::Apply(&monitor))
+                    .await?;
+            }
+            None => delete_if_present(&monitors, &owner.name).await?,
+        }
+    }
+    Ok(deployment)
+}
+
+/// Sum the acceptance counters of the ready pods. A pod that cannot be
+/// scraped is skipped: acceptance is information, not a reason to fail.
+async fn scrape_acceptance(ctx: &Context, owner: &Owner) -> Totals {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let list = match pods
+        .list(&ListParams::default().labels(&owner.selector_string()))
+        .await
+    {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list pods for acceptance");
+            return Totals::new();
+        }
+    };
+    let urls: Vec<String> = list
+        .items
+        .iter()
+        .filter(|pod| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+        .map(|ip| format!("http://{ip}:{HTTP_PORT}/metrics"))
+        .collect();
+    let bodies = futures::future::join_all(urls.iter().map(|url| async move {
+        let response = ctx.http.get(url).send().await?.error_for_status()?;
+        response.text().await
+    }))
+    .await;
+    let mut totals = Totals::new();
+    for (url, body) in urls.iter().zip(bodies) {
+        match body {
+            Ok(text) => acceptance::add_exposition(&mut totals, &text),
+            Err(e) => tracing::debug!(url, error = %e, "cannot scrape pod"),
+        }
+    }
+    totals
+}
+
+async fn publish(ctx: &Context, sd: &SpeculativeDeployment, type_: EventType, reason: &str, note: String) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &sd.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.duration.with_label_values(&[] as &[&str]).start_timer();
+    let namespace = sd.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let reference = sd
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
+    let owner = Owner {
+        name: sd.name_any(),
+        namespace: namespace.clone(),
+        reference,
+    };
+    let spec = &sd.spec;
+    // Dereference and validate; build and apply only what is valid.
+    let planned = match plan::plan(spec) {
+        Ok(plan) => dereference(&ctx.client, &namespace, spec, &plan)
+            .await?
+            .map(|()| plan),
+        Err(invalid) => Err(Outcome::Blocked {
+            reason: "InvalidSpec".into(),
+            message: invalid.0,
+        }),
+    };
+    let previous_sha = sd.status.as_ref().and_then(|s| s.registry_sha256.clone());
+    let (outcome, deployment, registry_sha256) = match planned {
+        Ok(plan) => {
+            let deployment = apply(&ctx.client, &owner, spec, &plan).await?;
+            if previous_sha.as_deref() != Some(plan.registry_sha256.as_str()) {
+                let note = match previous_sha {
+                    Some(_) => "registry changed; rolling the pods",
+                    None => "registry created",
+                };
+                publish(&ctx, &sd, EventType::Normal, "RegistryApplied", note.into()).await;
+            }
+            (Outcome::Applied, Some(deployment), Some(plan.registry_sha256))
+        }
+        Err(blocked) => {
+            if let Outcome::Blocked { reason, message } = &blocked {
+                tracing::warn!(object = %key(&sd), reason, message, "not applied");
+                publish(&ctx, &sd, EventType::Warning, reason, message.clone()).await;
+            }
+            let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&owner.name)
+                .await?;
+            (blocked, deployment, None)
+        }
+    };
+    let totals = scrape_acceptance(&ctx, &owner).await;
+    let observation = Observation {
+        generation: sd.metadata.generation,
+        desired_replicas: spec.replicas,
+        outcome: outcome.clone(),
+        deployment: deployment.as_ref(),
+        selector: owner.selector_string(),
+        endpoint: owner.endpoint(spec.service.port),
+        registry_sha256,
+        acceptance: acceptance::summarize(&totals),
+        acceptance_rate: acceptance::overall_rate(&totals),
+    };
+    let status = status::status(sd.status.as_ref(), &observation, Time(jiff::Timestamp::now()));
+    if sd.status.as_ref() != Some(&status) {
+        let patch = json!({
+            "apiVersion": SpeculativeDeployment::api_version(&()),
+            "kind": SpeculativeDeployment::kind(&()),
+            "status": status,
+        });
+        Api::<SpeculativeDeployment>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &owner.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    ctx.metrics
+        .set_deployment(&namespace, &owner.name, status.ready_replicas, &status.acceptance);
+    ctx.failures().remove(&key(&sd));
+    let result = match outcome {
+        Outcome::Applied => "applied",
+        Outcome::Blocked { .. } => "blocked",
+    };
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[result])
+        .inc();
+    Ok(match outcome {
+        // A missing claim may appear without the object changing.
+        Outcome::Blocked { .. } => {
+            Action::requeue(ctx.settings.status_interval.min(Duration::from_secs(30)))
+        }
+        Outcome::Applied => Action::requeue(ctx.settings.status_interval),
+    })
+}
+
+fn error_policy(sd: Arc<SpeculativeDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconciliations.with_label_values(&["error"]).inc();
+    ctx.metrics.errors.with_label_values(&[error.kind()]).inc();
+    let failures = {
+        let mut failures = ctx.failures();
+        let count = failures.entry(key(&sd)).or_insert(0);
+        *count += 1;
+        *count
+    };
+    let delay = backoff(failures);
+    tracing::warn!(object = %key(&sd), %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Run the controller until `shutdown` completes.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let (resources, configmaps, services, deployments) = match &ctx.settings.namespace {
+        Some(ns) => (
+            Api::<SpeculativeDeployment>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let children = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let controller = Controller::new(resources, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let metrics = ctx.metrics.clone();
+    // Deleted objects are not reconciled: drop their gauges here.
+    let cleanup = tokio::spawn(async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            for (namespace, name) in metrics.published_deployments() {
+                if store
+                    .get(&ObjectRef::new(&name).within(&namespace))
+                    .is_none()
+                {
+                    metrics.forget(&namespace, &name);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    });
+    controller
+        .owns(deployments, children.clone())
+        .owns(configmaps, children.clone())
+        .owns(services, children)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    cleanup.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+}

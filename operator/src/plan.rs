@@ -1,0 +1,298 @@
+//! Validation: a pure function from the spec to everything the builders need
+//! (the registry file and where each model comes from), or a clear reason why
+//! the spec cannot be served. Catches what the schema cannot: rules that only
+//! the backend's registry format knows, and file-name clashes in the cache.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use specdec_backend::config::{
+    DraftParams, DrafterConfig, DrafterKind as RegistryDrafterKind, RegistryConfig, TargetConfig,
+};
+
+use crate::crd::{DrafterKind, ModelSource as ModelSourceSpec, SpeculativeDeploymentSpec};
+use crate::model_source::{ModelSource, NODE_SOURCES_DIR, PVC_SOURCES_DIR};
+
+/// GPU layers set for target and drafters when the pods get GPUs: all of them.
+pub const ALL_LAYERS: u32 = 999;
+
+/// Why a spec cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidSpec(pub String);
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A model the init containers download into the model cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    /// The URL.
+    pub url: String,
+    /// Expected SHA-256.
+    pub sha256: String,
+    /// File name in the model cache.
+    pub file_name: String,
+}
+
+/// A file on the node mounted into the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFile {
+    /// Absolute path on the node.
+    pub host_path: String,
+    /// Where it appears in the pod.
+    pub mount_path: String,
+}
+
+/// Everything derived from a valid spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The registry the pods run with (model paths as seen in the pod;
+    /// downloaded models relative to the model cache).
+    pub registry: RegistryConfig,
+    /// Its YAML, as stored in the ConfigMap.
+    pub registry_yaml: String,
+    /// SHA-256 of `registry_yaml`; a change rolls the pods.
+    pub registry_sha256: String,
+    /// Models to download, one per file name.
+    pub downloads: Vec<Download>,
+    /// Claims holding `pvc://` models, sorted.
+    pub source_claims: Vec<String>,
+    /// Node files holding `file:///` models.
+    pub node_files: Vec<NodeFile>,
+}
+
+impl Plan {
+    /// Every PersistentVolumeClaim the pods need: the model cache's and the
+    /// sources'.
+    pub fn required_claims<'a>(
+        &'a self,
+        spec: &'a SpeculativeDeploymentSpec,
+    ) -> impl Iterator<Item = &'a str> {
+        let cache = spec
+            .model_cache
+            .as_ref()
+            .and_then(|c| c.persistent_volume_claim.as_ref())
+            .map(|p| p.claim_name.as_str());
+        cache
+            .into_iter()
+            .chain(self.source_claims.iter().map(String::as_str))
+    }
+}
+
+#[derive(Default)]
+struct Sources {
+    downloads: BTreeMap<String, Download>,
+    claims: Vec<String>,
+    node_files: Vec<NodeFile>,
+}
+
+impl Sources {
+    /// Record a source and return the model path the registry names.
+    fn add(&mut self, owner: &str, spec: &ModelSourceSpec) -> Result<PathBuf, InvalidSpec> {
+        let source = ModelSource::parse(&spec.uri, spec.sha256.as_deref())
+            .map_err(|e| InvalidSpec(format!("{owner}: {e}")))?;
+        match source {
+            ModelSource::Https {
+                url,
+                sha256,
+                file_name,
+            } => {
+                if let Some(existing) = self.downloads.get(&file_name) {
+                    if existing.url != url || existing.sha256 != sha256 {
+                        return Err(InvalidSpec(format!(
+                            "{owner}: file name `{file_name}` is also used by {} with another url or sha256; the model cache holds one file per name",
+                            existing.url
+                        )));
+                    }
+                } else {
+                    self.downloads.insert(
+                        file_name.clone(),
+                        Download {
+                            url,
+                            sha256,
+                            file_name: file_name.clone(),
+                        },
+                    );
+                }
+                Ok(PathBuf::from(file_name))
+            }
+            ModelSource::Pvc { claim, path } => {
+                if !self.claims.contains(&claim) {
+                    self.claims.push(claim.clone());
+                }
+                Ok(PathBuf::from(format!("{PVC_SOURCES_DIR}/{claim}/{path}")))
+            }
+            ModelSource::File { path } => {
+                let index = match self.node_files.iter().position(|f| f.host_path == path) {
+                    Some(i) => i,
+                    None => {
+                        let file_name = path.rsplit('/').next().unwrap_or_default();
+                        let i = self.node_files.len();
+                        self.node_files.push(NodeFile {
+                            host_path: path.clone(),
+                            mount_path: format!("{NODE_SOURCES_DIR}/{i}/{file_name}"),
+                        });
+                        i
+                    }
+                };
+                Ok(PathBuf::from(&self.node_files[index].mount_path))
+            }
+        }
+    }
+}
+
+fn non_negative(value: i32, owner: &str, field: &str) -> Result<u32, InvalidSpec> {
+    u32::try_from(value).map_err(|_| InvalidSpec(format!("{owner}: {field} {value} is negative")))
+}
+
+/// Validate a spec and derive the plan.
+pub fn plan(spec: &SpeculativeDeploymentSpec) -> Result<Plan, InvalidSpec> {
+    let gpu_layers = if spec.gpus > 0 { ALL_LAYERS } else { 0 };
+    let mut sources = Sources::default();
+    let target_model = sources.add("target", &spec.target.model)?;
+    let mut drafters = Vec::with_capacity(spec.drafters.len());
+    for d in &spec.drafters {
+        let owner = format!("drafter `{}`", d.name);
+        let (kind, model) = match (d.kind, &d.model) {
+            (DrafterKind::Model, Some(source)) => {
+                (RegistryDrafterKind::Model, Some(sources.add(&owner, source)?))
+            }
+            (DrafterKind::Model, None) => {
+                return Err(InvalidSpec(format!("{owner} of kind model needs model")))
+            }
+            (DrafterKind::Ngram, None) => (RegistryDrafterKind::Ngram, None),
+            (DrafterKind::Ngram, Some(_)) => {
+                return Err(InvalidSpec(format!("{owner} of kind ngram takes no model")))
+            }
+        };
+        drafters.push(DrafterConfig {
+            name: d.name.clone(),
+            kind,
+            languages: d.languages.clone(),
+            model,
+            gpu_layers: if kind == RegistryDrafterKind::Model { gpu_layers } else { 0 },
+            draft: DraftParams {
+                max: non_negative(d.draft.max, &owner, "draft.max")?,
+                min: non_negative(d.draft.min, &owner, "draft.min")?,
+                p_min: d.draft.p_min,
+                adaptive: d.draft.adaptive,
+            },
+        });
+    }
+    let registry = RegistryConfig {
+        target: TargetConfig {
+            model: target_model,
+            context: non_negative(spec.target.context, "target", "context")?,
+            gpu_layers,
+        },
+        drafters,
+        default: spec.default_drafter.clone(),
+    };
+    registry.validate().map_err(InvalidSpec)?;
+    if spec.replicas < 0 {
+        return Err(InvalidSpec(format!("replicas {} is negative", spec.replicas)));
+    }
+    let registry_yaml = registry
+        .to_yaml()
+        .map_err(|e| InvalidSpec(format!("cannot render the registry: {e}")))?;
+    let registry_sha256 = hex::encode(Sha256::digest(registry_yaml.as_bytes()));
+    Ok(Plan {
+        registry,
+        registry_yaml,
+        registry_sha256,
+        downloads: sources.downloads.into_values().collect(),
+        source_claims: sources.claims,
+        node_files: sources.node_files,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The sample users copy, parsed; tests build on it.
+    pub(crate) fn sample_spec() -> SpeculativeDeploymentSpec {
+        let text = include_str!("../../examples/speculativedeployment.yaml");
+        let object: crate::crd::SpeculativeDeployment =
+            serde_yaml::from_str(text).expect("the sample parses");
+        object.spec
+    }
+
+    #[test]
+    fn sample_plans_downloads_and_relative_registry_paths() {
+        let plan = plan(&sample_spec()).unwrap();
+        assert_eq!(plan.downloads.len(), 2);
+        assert!(plan.registry.target.model.is_relative());
+        assert_eq!(
+            plan.registry.target.model,
+            PathBuf::from(specdec_backend::models::DEFAULT_TARGET_FILE)
+        );
+        // The backend parses exactly what the operator renders.
+        let reparsed = RegistryConfig::from_yaml(&plan.registry_yaml).unwrap();
+        assert_eq!(reparsed, plan.registry);
+        assert_eq!(plan.registry_sha256.len(), 64);
+    }
+
+    #[test]
+    fn gpus_offload_every_layer() {
+        let mut spec = sample_spec();
+        spec.gpus = 1;
+        let plan = plan(&spec).unwrap();
+        assert_eq!(plan.registry.target.gpu_layers, ALL_LAYERS);
+        spec.gpus = 0;
+        let cpu = super::plan(&spec).unwrap();
+        assert_eq!(cpu.registry.target.gpu_layers, 0);
+        assert_ne!(cpu.registry_sha256, plan.registry_sha256);
+    }
+
+    #[test]
+    fn same_file_name_with_another_checksum_is_refused() {
+        let mut spec = sample_spec();
+        let mut other = spec.target.model.clone();
+        other.sha256 = Some("1".repeat(64));
+        spec.drafters[0].model = Some(other);
+        let err = plan(&spec).unwrap_err().0;
+        assert!(err.contains("one file per name"), "{err}");
+    }
+
+    #[test]
+    fn pvc_and_node_sources_map_to_mounts() {
+        let mut spec = sample_spec();
+        spec.target.model = ModelSourceSpec {
+            uri: "pvc://models/qwen/target.gguf".into(),
+            sha256: None,
+        };
+        spec.drafters[0].model = Some(ModelSourceSpec {
+            uri: "file:///var/lib/models/drafter.gguf".into(),
+            sha256: None,
+        });
+        let plan = plan(&spec).unwrap();
+        assert_eq!(plan.source_claims, vec!["models".to_string()]);
+        assert_eq!(
+            plan.registry.target.model,
+            PathBuf::from("/sources/pvc/models/qwen/target.gguf")
+        );
+        assert_eq!(plan.node_files[0].host_path, "/var/lib/models/drafter.gguf");
+        assert_eq!(
+            plan.registry.drafters[0].model.as_deref(),
+            Some(std::path::Path::new("/sources/node/0/drafter.gguf"))
+        );
+        assert!(plan.downloads.is_empty());
+    }
+
+    #[test]
+    fn backend_rules_are_enforced_too() {
+        let mut spec = sample_spec();
+        spec.drafters[1].languages = spec.drafters[0].languages.clone();
+        let err = plan(&spec).unwrap_err().0;
+        assert!(err.contains("claimed by drafters"), "{err}");
+        let mut spec = sample_spec();
+        spec.default_drafter = Some("missing".into());
+        assert!(plan(&spec).unwrap_err().0.contains("not defined"));
+    }
+}

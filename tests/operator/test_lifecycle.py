@@ -1,0 +1,198 @@
+"""Must-shows 1, 2, 4 and 6 of the operator: apply, roll, scale, delete, and
+the registry the operator writes is the one the backend accepts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SAMPLE, condition, target_dir, wait_for
+
+NAME = "qwen-coder"
+
+
+def specdep(kubectl, ns):
+    return kubectl.json("get", "specdep", NAME, "-n", ns)
+
+
+def ready_with(kubectl, ns, replicas):
+    def check():
+        obj = specdep(kubectl, ns)
+        status = obj.get("status", {})
+        return (
+            condition(obj, "Ready").get("status") == "True"
+            and status.get("readyReplicas") == replicas
+            and status.get("observedGeneration") == obj["metadata"]["generation"]
+            and obj
+        )
+    return check
+
+
+def pods(kubectl, ns):
+    return kubectl.json("get", "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME}")["items"]
+
+
+@pytest.fixture
+def deployed(cluster, operator, namespace):
+    cluster("apply", "-n", namespace, "-f", str(SAMPLE))
+    wait_for("the sample to become Ready with 2 replicas", ready_with(cluster, namespace, 2), timeout=120)
+    return namespace
+
+
+def test_apply_creates_children_on_gpu_nodes_and_turns_ready(cluster, deployed):
+    ns = deployed
+    obj = specdep(cluster, ns)
+    uid = obj["metadata"]["uid"]
+    for kind, name in [("configmap", f"{NAME}-registry"), ("deployment", NAME),
+                       ("service", NAME), ("poddisruptionbudget", NAME)]:
+        child = cluster.json("get", kind, name, "-n", ns, "--show-managed-fields")
+        owners = child["metadata"]["ownerReferences"]
+        assert owners[0]["uid"] == uid and owners[0]["controller"] is True, (kind, owners)
+        assert "specdec-operator" in {m["manager"] for m in child["metadata"]["managedFields"]}
+    # The sample asks for one GPU per pod: the scheduler puts the pods on the GPU nodes.
+    placed = pods(cluster, ns)
+    assert len(placed) == 2
+    for pod in placed:
+        assert pod["spec"]["nodeName"].startswith("gpu-"), pod["spec"].get("nodeName")
+        limits = pod["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == "1"
+        assert [c["name"] for c in pod["spec"]["initContainers"]] == ["fetch-0", "fetch-1"]
+    status = obj["status"]
+    assert status["replicas"] == 2 and status["ready"] == "2/2"
+    assert status["endpoint"] == f"http://{NAME}.{ns}.svc:8080/v1"
+    assert condition(obj, "Degraded")["status"] == "False"
+    assert condition(obj, "Progressing")["status"] == "False"
+    table = cluster("get", "specdep", "-n", ns)
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "READY", "ACCEPTANCE", "AGE"], header
+    assert row.split()[:2] == [NAME, "2/2"], row
+    wide = cluster("get", "specdep", "-n", ns, "-o", "wide")
+    assert f"http://{NAME}.{ns}.svc:8080/v1" in wide
+    events = cluster("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={NAME}")
+    assert "RegistryApplied" in events
+
+
+def test_editing_languages_rolls_the_pods_and_scaling_shows_in_status(cluster, deployed):
+    ns = deployed
+    before = specdep(cluster, ns)["status"]["registrySha256"]
+    old_pods = {p["metadata"]["name"] for p in pods(cluster, ns)}
+    cluster("patch", "specdep", NAME, "-n", ns, "--type", "json", "-p",
+            '[{"op": "replace", "path": "/spec/drafters/0/languages", "value": ["de", "fr"]}]')
+
+    def registry_updated():
+        data = cluster.json("get", "configmap", f"{NAME}-registry", "-n", ns)["data"]["registry.yaml"]
+        registry = yaml.safe_load(data)
+        return registry["drafters"][0]["languages"] == ["de", "fr"] and registry
+    wait_for("the ConfigMap to carry the new languages", registry_updated, timeout=30)
+
+    def rolled():
+        obj = specdep(cluster, ns)
+        sha = obj["status"].get("registrySha256")
+        current = pods(cluster, ns)
+        annotations = {p["metadata"]["annotations"]["specdec.io/registry-sha256"] for p in current}
+        names = {p["metadata"]["name"] for p in current}
+        return (sha != before and annotations == {sha} and len(current) == 2
+                and not (names & old_pods) and ready_with(cluster, ns, 2)())
+    wait_for("the Deployment to roll to pods with the new registry", rolled, timeout=120)
+
+    cluster("scale", "specdep", NAME, "-n", ns, "--replicas", "3")
+    obj = wait_for("3 ready replicas in status", ready_with(cluster, ns, 3), timeout=90)
+    assert obj["status"]["ready"] == "3/3"
+    assert cluster.json("get", "deployment", NAME, "-n", ns)["spec"]["replicas"] == 3
+    cluster("scale", "specdep", NAME, "-n", ns, "--replicas", "1")
+    wait_for("1 ready replica in status", ready_with(cluster, ns, 1), timeout=90)
+    # One replica: no disruption budget (it would block every drain).
+    wait_for("the PodDisruptionBudget to go",
+             lambda: not cluster.exists("poddisruptionbudget", NAME, "-n", ns), timeout=30)
+
+
+def test_deleting_collects_everything_it_owned(cluster, deployed):
+    ns = deployed
+    cluster("delete", "specdep", NAME, "-n", ns, "--wait=true", "--timeout=60s")
+
+    def all_gone():
+        left = cluster("get", "configmap,deployment,replicaset,service,poddisruptionbudget,pod",
+                       "-n", ns, "-l", f"app.kubernetes.io/instance={NAME}", "-o", "name")
+        left += cluster("get", "configmap", "-n", ns, "--field-selector",
+                        f"metadata.name={NAME}-registry", "-o", "name")
+        return not left.strip()
+    wait_for("the garbage collector to delete every child", all_gone, timeout=90)
+
+
+def test_backend_accepts_the_registry_the_operator_writes(cluster, deployed, tmp_path):
+    """The ConfigMap's registry, checked by the backend with the real models
+    (what the pod's `specdec serve` does at start-up)."""
+    data = cluster.json("get", "configmap", f"{NAME}-registry", "-n", deployed)["data"]["registry.yaml"]
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(data)
+    models = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch-models"), "--print-dir"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    specdec = target_dir() / "release" / "specdec"
+    assert specdec.is_file(), f"{specdec} missing"
+    check = subprocess.run([str(specdec), "check", "--registry", str(registry)],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "SPECDEC_MODEL_DIR": models})
+    assert check.returncode == 0, check.stderr
+    assert "qwen-0-5b" in check.stdout + check.stderr
+    # And a broken edit is caught by the same check (it is not a rubber stamp).
+    registry.write_text(data.replace("qwen2.5-coder-0.5b", "missing-0.5b"))
+    bad = subprocess.run([str(specdec), "check", "--registry", str(registry)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SPECDEC_MODEL_DIR": models})
+    assert bad.returncode != 0 and "does not exist" in bad.stderr
+
+
+def test_status_reports_acceptance_read_from_a_real_pod(cluster, deployed, tmp_path):
+    """kwok's pods get loopback IPs: a real `specdec serve` bound to one pod's
+    IP, with the registry from the ConfigMap, is what the operator scrapes."""
+    ns = deployed
+    pod = pods(cluster, ns)[0]
+    ip = pod["status"]["podIP"]
+    assert ip.startswith("127."), ip
+    data = cluster.json("get", "configmap", f"{NAME}-registry", "-n", ns)["data"]["registry.yaml"]
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(data)
+    models = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch-models"), "--print-dir"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [str(target_dir() / "release" / "specdec"), "serve", "--registry", str(registry),
+         "--host", ip, "--port", "8080", "--model-name", NAME],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "SPECDEC_MODEL_DIR": models},
+    )
+    try:
+        import requests
+        url = f"http://{ip}:8080"
+        wait_for("the backend on the pod IP", lambda: server.poll() is None
+                 and requests.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=180)
+        from openai import OpenAI
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(
+            model=NAME, max_tokens=24, temperature=0,
+            messages=[{"role": "user", "content": "Übersetze ins Englische: Das Debian-Projekt ist eine Gemeinschaft von Menschen, die freie Software entwickeln."}],
+            extra_body={"language": "de"},
+        )
+        spec = reply.usage.model_extra["speculative"]
+        assert spec["drafter"] == "qwen-0-5b" and spec["draft_tokens"] > 0
+
+        def reported():
+            status = specdep(cluster, ns)["status"]
+            rows = [a for a in status.get("acceptance", []) if a["language"] == "de"]
+            return rows and status.get("acceptanceRate") and rows[0]
+        row = wait_for("status.acceptance for de", reported, timeout=30)
+        assert row["drafter"] == "qwen-0-5b"
+        assert row["draftTokens"] == spec["draft_tokens"]
+        assert row["acceptedTokens"] == spec["accepted_tokens"]
+        assert row["acceptanceRate"] == f"{spec['accepted_tokens'] / spec['draft_tokens']:.2f}"
+        table = cluster("get", "specdep", NAME, "-n", ns)
+        assert row["acceptanceRate"] in table.splitlines()[1]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -1,0 +1,100 @@
+"""Must-show 3: the API server refuses invalid objects at apply time with the
+rule's message; and state the schema cannot see (a missing claim) makes the
+object Degraded with an Event, not a crash loop."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import SAMPLE, condition, wait_for
+
+
+def sample() -> dict:
+    return yaml.safe_load(SAMPLE.read_text())
+
+
+def with_duplicate_name(obj):
+    obj["spec"]["drafters"][1]["name"] = obj["spec"]["drafters"][0]["name"]
+
+
+def with_language_twice(obj):
+    obj["spec"]["drafters"][1]["languages"] = ["*", "de"]
+
+
+def with_missing_default(obj):
+    obj["spec"]["defaultDrafter"] = "nobody"
+
+
+def with_bad_scheme(obj):
+    obj["spec"]["target"]["model"]["uri"] = "s3://bucket/qwen.gguf"
+
+
+def with_https_without_sha(obj):
+    del obj["spec"]["drafters"][0]["model"]["sha256"]
+
+
+def with_negative_replicas(obj):
+    obj["spec"]["replicas"] = -1
+
+
+CASES = [
+    (with_duplicate_name, "drafter names must be unique"),
+    (with_language_twice, "a language may be claimed by only one drafter"),
+    (with_missing_default, "defaultDrafter must name one of the drafters"),
+    (with_bad_scheme, "model uri must start with https://, pvc:// or file:///"),
+    (with_https_without_sha, "an https:// model source needs sha256"),
+    (with_negative_replicas, "should be greater than or equal to 0"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", CASES, ids=[c[0].__name__ for c in CASES])
+def test_api_server_refuses_invalid_objects(cluster, namespace, mutate, message):
+    obj = sample()
+    mutate(obj)
+    result = cluster.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj), check=False)
+    assert result.returncode != 0, f"accepted: {result.stdout}"
+    assert message in result.stderr, result.stderr
+    assert not cluster.exists("specdep", obj["metadata"]["name"], "-n", namespace)
+
+
+def test_the_valid_sample_is_accepted(cluster, namespace):
+    result = cluster.run("apply", "--dry-run=server", "-n", namespace, "-f", str(SAMPLE), check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_claim_is_degraded_with_an_event_then_recovers(cluster, operator, namespace):
+    obj = sample()
+    obj["metadata"]["name"] = "cached"
+    obj["spec"]["replicas"] = 1
+    obj["spec"]["modelCache"] = {"persistentVolumeClaim": {"claimName": "model-cache"}}
+    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+    def degraded():
+        o = cluster.json("get", "specdep", "cached", "-n", namespace)
+        c = condition(o, "Degraded")
+        return c.get("status") == "True" and c
+    c = wait_for("Degraded=True", degraded, timeout=30)
+    assert c["reason"] == "MissingPersistentVolumeClaim"
+    assert "model-cache" in c["message"]
+    assert not cluster.exists("deployment", "cached", "-n", namespace)
+    events = cluster("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=cached")
+    assert "MissingPersistentVolumeClaim" in events and "Warning" in events
+    assert operator.process.poll() is None
+
+    claim = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "model-cache"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Gi"}}},
+    }
+    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(claim))
+
+    def recovered():
+        o = cluster.json("get", "specdep", "cached", "-n", namespace)
+        return condition(o, "Degraded").get("status") == "False" and cluster.exists("deployment", "cached", "-n", namespace)
+    wait_for("Degraded=False and a Deployment once the claim exists", recovered, timeout=60)
+    volumes = cluster.json("get", "deployment", "cached", "-n", namespace)["spec"]["template"]["spec"]["volumes"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
+    assert claims == ["model-cache"]
