@@ -181,7 +181,10 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let (path, outcome) = crate::fetch::fetch(&args.url, &args.sha256, &dir)?;
     match outcome {
         crate::fetch::FetchOutcome::Downloaded { bytes } => {
-            println!("{}: downloaded {bytes} bytes, sha256 verified", path.display())
+            println!(
+                "{}: downloaded {bytes} bytes, sha256 verified",
+                path.display()
+            )
         }
         crate::fetch::FetchOutcome::AlreadyPresent => {
             println!("{}: already present, sha256 verified", path.display())

@@ -274,7 +274,10 @@ default: lookup
         .unwrap();
         config.resolve_model_paths(Path::new("/cache/models"));
         assert_eq!(config.target.model, Path::new("/cache/models/t.gguf"));
-        assert_eq!(config.drafters[0].model.as_deref(), Some(Path::new("/abs/d.gguf")));
+        assert_eq!(
+            config.drafters[0].model.as_deref(),
+            Some(Path::new("/abs/d.gguf"))
+        );
         assert_eq!(
             config.drafters[1].model.as_deref(),
             Some(Path::new("/cache/models/sub/e.gguf"))

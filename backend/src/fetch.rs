@@ -31,8 +31,18 @@ pub enum FetchError {
         /// What went wrong.
         message: String,
     },
+    /// The server answered with an HTTP error status (not retried).
+    #[error("downloading {url}: the server answered HTTP {status}")]
+    HttpStatus {
+        /// The URL.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
     /// The bytes arrived but are not the expected file.
-    #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}; nothing was kept")]
+    #[error(
+        "checksum mismatch for {url}: expected sha256 {expected}, got {actual}; nothing was kept"
+    )]
     ChecksumMismatch {
         /// The URL.
         url: String,
@@ -157,7 +167,13 @@ fn download(url: &str, path: &Path) -> Result<(u64, String), FetchError> {
         .timeout_recv_body(None)
         .build()
         .into();
-    let mut response = agent.get(url).call().map_err(|e| transport(e.to_string()))?;
+    let mut response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::StatusCode(status) => FetchError::HttpStatus {
+            url: url.to_string(),
+            status,
+        },
+        other => transport(other.to_string()),
+    })?;
     let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
     let mut file = File::create(path).map_err(|source| FetchError::Io {
         path: path.to_path_buf(),
@@ -175,10 +191,11 @@ fn download(url: &str, path: &Path) -> Result<(u64, String), FetchError> {
             break;
         }
         hasher.update(&buffer[..n]);
-        file.write_all(&buffer[..n]).map_err(|source| FetchError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        file.write_all(&buffer[..n])
+            .map_err(|source| FetchError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         bytes += n as u64;
         if bytes >= next_report {
             tracing::info!(url, mib = bytes >> 20, "downloading");

@@ -92,7 +92,8 @@ pub fn add_exposition(totals: &mut Totals, text: &str) {
         } else {
             continue;
         };
-        let (Some(language), Some(drafter)) = (labels.get(LABEL_LANGUAGE), labels.get(LABEL_DRAFTER))
+        let (Some(language), Some(drafter)) =
+            (labels.get(LABEL_LANGUAGE), labels.get(LABEL_DRAFTER))
         else {
             continue;
         };
@@ -123,7 +124,10 @@ pub fn summarize(totals: &Totals) -> Vec<LanguageAcceptance> {
             drafts: saturating_i64(c.drafts),
             draft_tokens: saturating_i64(c.draft_tokens),
             accepted_tokens: saturating_i64(c.accepted_tokens),
-            acceptance_rate: format!("{:.2}", ratio(c.accepted_tokens, c.draft_tokens).unwrap_or(0.0)),
+            acceptance_rate: format!(
+                "{:.2}",
+                ratio(c.accepted_tokens, c.draft_tokens).unwrap_or(0.0)
+            ),
             mean_accepted_length: format!(
                 "{:.2}",
                 1.0 + ratio(c.accepted_tokens, c.drafts).unwrap_or(0.0)

@@ -36,7 +36,11 @@ struct RunArgs {
     #[arg(long, env = "SPECDEC_WATCH_NAMESPACE")]
     namespace: Option<String>,
     /// Address of `/metrics` and `/healthz`.
-    #[arg(long, env = "SPECDEC_OPERATOR_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "SPECDEC_OPERATOR_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     listen: SocketAddr,
     /// Name of the leader-election Lease.
     #[arg(long, env = "SPECDEC_LEASE_NAME", default_value = "specdec-operator")]

@@ -170,7 +170,11 @@ async fn apply(
         .patch(&configmap_name, &params, &Patch::Apply(&configmap))
         .await?;
     Api::<Service>::namespaced(client.clone(), ns)
-        .patch(&owner.name, &params, &Patch::Apply(&build::service(owner, spec)))
+        .patch(
+            &owner.name,
+            &params,
+            &Patch::Apply(&build::service(owner, spec)),
+        )
         .await?;
     let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
         .patch(
@@ -244,7 +248,13 @@ async fn scrape_acceptance(ctx: &Context, owner: &Owner) -> Totals {
     totals
 }
 
-async fn publish(ctx: &Context, sd: &SpeculativeDeployment, type_: EventType, reason: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    sd: &SpeculativeDeployment,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let event = Event {
         type_,
@@ -259,7 +269,11 @@ async fn publish(ctx: &Context, sd: &SpeculativeDeployment, type_: EventType, re
 }
 
 async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.duration.with_label_values(&[] as &[&str]).start_timer();
+    let _timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&[] as &[&str])
+        .start_timer();
     let namespace = sd.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let reference = sd
         .controller_owner_ref(&())
@@ -291,7 +305,11 @@ async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<
                 };
                 publish(&ctx, &sd, EventType::Normal, "RegistryApplied", note.into()).await;
             }
-            (Outcome::Applied, Some(deployment), Some(plan.registry_sha256))
+            (
+                Outcome::Applied,
+                Some(deployment),
+                Some(plan.registry_sha256),
+            )
         }
         Err(blocked) => {
             if let Outcome::Blocked { reason, message } = &blocked {
@@ -316,7 +334,11 @@ async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<
         acceptance: acceptance::summarize(&totals),
         acceptance_rate: acceptance::overall_rate(&totals),
     };
-    let status = status::status(sd.status.as_ref(), &observation, Time(jiff::Timestamp::now()));
+    let status = status::status(
+        sd.status.as_ref(),
+        &observation,
+        Time(jiff::Timestamp::now()),
+    );
     if sd.status.as_ref() != Some(&status) {
         let patch = json!({
             "apiVersion": SpeculativeDeployment::api_version(&()),
@@ -331,8 +353,12 @@ async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<
             )
             .await?;
     }
-    ctx.metrics
-        .set_deployment(&namespace, &owner.name, status.ready_replicas, &status.acceptance);
+    ctx.metrics.set_deployment(
+        &namespace,
+        &owner.name,
+        status.ready_replicas,
+        &status.acceptance,
+    );
     ctx.failures().remove(&key(&sd));
     let result = match outcome {
         Outcome::Applied => "applied",
@@ -352,7 +378,10 @@ async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(sd: Arc<SpeculativeDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconciliations.with_label_values(&["error"]).inc();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&["error"])
+        .inc();
     ctx.metrics.errors.with_label_values(&[error.kind()]).inc();
     let failures = {
         let mut failures = ctx.failures();
@@ -382,8 +411,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             Api::all(client.clone()),
         ),
     };
-    let children = watcher::Config::default()
-        .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let children =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let controller = Controller::new(resources, watcher::Config::default().any_semantic());
     let store = controller.store();
     let metrics = ctx.metrics.clone();

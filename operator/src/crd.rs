@@ -18,6 +18,8 @@ pub const MAX_LANGUAGES: usize = 64;
 
 /// A target model and per-language drafters, served by specdec with
 /// speculative decoding.
+// Each `printcolumn(...)` repeats `type_`; clippy mistakes them for one attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "specdec.io",
@@ -33,10 +35,30 @@ pub const MAX_LANGUAGES: usize = 64;
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready", description = "Ready replicas / desired replicas"),
-    printcolumn(name = "Acceptance", type_ = "string", json_path = ".status.acceptanceRate", description = "Share of drafted tokens the target accepted, over all languages"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", priority = 1, description = "In-cluster URL of the OpenAI-compatible API"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready replicas / desired replicas"
+    ),
+    printcolumn(
+        name = "Acceptance",
+        type_ = "string",
+        json_path = ".status.acceptanceRate",
+        description = "Share of drafted tokens the target accepted, over all languages"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        priority = 1,
+        description = "In-cluster URL of the OpenAI-compatible API"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("self.drafters.all(d, self.drafters.exists_one(e, e.name == d.name))").message("drafter names must be unique"),
@@ -148,7 +170,9 @@ fn default_context() -> i32 {
 }
 
 /// How a drafter proposes tokens.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DrafterKind {
     /// A GGUF model sharing the target's tokenizer.
@@ -166,7 +190,10 @@ pub enum DrafterKind {
 #[serde(rename_all = "camelCase")]
 pub struct DrafterSpec {
     /// Unique name (a DNS label), used in routing, metrics and responses.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// `model` (a GGUF drafter) or `ngram` (prompt lookup, no model).
     #[serde(default)]

@@ -16,8 +16,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let metrics_route = warp::path!("metrics").and(warp::get()).map(move || {
-        warp::reply::with_header(metrics.render(), "content-type", "text/plain; version=0.0.4")
-            .into_response()
+        warp::reply::with_header(
+            metrics.render(),
+            "content-type",
+            "text/plain; version=0.0.4",
+        )
+        .into_response()
     });
     let health = warp::path!("healthz")
         .and(warp::get())

@@ -73,7 +73,13 @@ impl LeaderElector {
     fn spec(&self, acquired: MicroTime, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.settings.identity.clone()),
-            lease_duration_seconds: Some(self.settings.duration.as_secs().try_into().unwrap_or(i32::MAX)),
+            lease_duration_seconds: Some(
+                self.settings
+                    .duration
+                    .as_secs()
+                    .try_into()
+                    .unwrap_or(i32::MAX),
+            ),
             acquire_time: Some(acquired),
             renew_time: Some(MicroTime(now())),
             lease_transitions: Some(transitions),
@@ -164,7 +170,10 @@ mod tests {
             renew_time: Some(MicroTime(renewed)),
             ..LeaseSpec::default()
         };
-        assert!(!expired(&spec, jiff::Timestamp::from_second(1_010).unwrap()));
+        assert!(!expired(
+            &spec,
+            jiff::Timestamp::from_second(1_010).unwrap()
+        ));
         assert!(expired(&spec, jiff::Timestamp::from_second(1_016).unwrap()));
         assert!(expired(&LeaseSpec::default(), renewed));
     }

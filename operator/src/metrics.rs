@@ -47,11 +47,17 @@ impl Metrics {
         let registry = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
         let reconciliations = IntCounterVec::new(
-            opts("reconciliations_total", "Reconciles of SpeculativeDeployments by result."),
+            opts(
+                "reconciliations_total",
+                "Reconciles of SpeculativeDeployments by result.",
+            ),
             &["result"],
         )?;
         let errors = IntCounterVec::new(
-            opts("reconcile_errors_total", "Reconciles that failed, by error kind."),
+            opts(
+                "reconcile_errors_total",
+                "Reconciles that failed, by error kind.",
+            ),
             &["kind"],
         )?;
         let duration = HistogramVec::new(
@@ -121,7 +127,9 @@ impl Metrics {
             let rate = a.accepted_tokens as f64 / a.draft_tokens.max(1) as f64;
             let length = 1.0 + a.accepted_tokens as f64 / a.drafts.max(1) as f64;
             self.acceptance_rate.with_label_values(&labels).set(rate);
-            self.mean_accepted_length.with_label_values(&labels).set(length);
+            self.mean_accepted_length
+                .with_label_values(&labels)
+                .set(length);
             current.insert((a.language.clone(), a.drafter.clone()));
         }
         let key = (namespace.to_string(), name.to_string());

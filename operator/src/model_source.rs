@@ -85,9 +85,7 @@ impl ModelSource {
             {
                 return Err(invalid("sha256 must be 64 lowercase hex digits"));
             }
-            let (host, path) = rest
-                .split_once('/')
-                .ok_or_else(|| invalid("has no path"))?;
+            let (host, path) = rest.split_once('/').ok_or_else(|| invalid("has no path"))?;
             let path = path.split(['?', '#']).next().unwrap_or_default();
             let file_name = path.rsplit('/').next().unwrap_or_default();
             if host.is_empty() || file_name.is_empty() || !file_name.ends_with(".gguf") {
@@ -107,7 +105,9 @@ impl ModelSource {
                 return Err(invalid("the claim name is not a valid Kubernetes name"));
             }
             if !is_plain_relative_path(path) {
-                return Err(invalid("the path inside the claim must be plain (no `.`, `..` or `//`)"));
+                return Err(invalid(
+                    "the path inside the claim must be plain (no `.`, `..` or `//`)",
+                ));
             }
             return Ok(Self::Pvc {
                 claim: claim.to_string(),
@@ -129,9 +129,7 @@ impl ModelSource {
     pub fn file_name(&self) -> &str {
         match self {
             Self::Https { file_name, .. } => file_name,
-            Self::Pvc { path, .. } | Self::File { path } => {
-                path.rsplit('/').next().unwrap_or(path)
-            }
+            Self::Pvc { path, .. } | Self::File { path } => path.rsplit('/').next().unwrap_or(path),
         }
     }
 }

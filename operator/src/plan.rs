@@ -159,9 +159,10 @@ pub fn plan(spec: &SpeculativeDeploymentSpec) -> Result<Plan, InvalidSpec> {
     for d in &spec.drafters {
         let owner = format!("drafter `{}`", d.name);
         let (kind, model) = match (d.kind, &d.model) {
-            (DrafterKind::Model, Some(source)) => {
-                (RegistryDrafterKind::Model, Some(sources.add(&owner, source)?))
-            }
+            (DrafterKind::Model, Some(source)) => (
+                RegistryDrafterKind::Model,
+                Some(sources.add(&owner, source)?),
+            ),
             (DrafterKind::Model, None) => {
                 return Err(InvalidSpec(format!("{owner} of kind model needs model")))
             }
@@ -175,7 +176,11 @@ pub fn plan(spec: &SpeculativeDeploymentSpec) -> Result<Plan, InvalidSpec> {
             kind,
             languages: d.languages.clone(),
             model,
-            gpu_layers: if kind == RegistryDrafterKind::Model { gpu_layers } else { 0 },
+            gpu_layers: if kind == RegistryDrafterKind::Model {
+                gpu_layers
+            } else {
+                0
+            },
             draft: DraftParams {
                 max: non_negative(d.draft.max, &owner, "draft.max")?,
                 min: non_negative(d.draft.min, &owner, "draft.min")?,
@@ -195,7 +200,10 @@ pub fn plan(spec: &SpeculativeDeploymentSpec) -> Result<Plan, InvalidSpec> {
     };
     registry.validate().map_err(InvalidSpec)?;
     if spec.replicas < 0 {
-        return Err(InvalidSpec(format!("replicas {} is negative", spec.replicas)));
+        return Err(InvalidSpec(format!(
+            "replicas {} is negative",
+            spec.replicas
+        )));
     }
     let registry_yaml = registry
         .to_yaml()

@@ -69,7 +69,8 @@ fn rollout(deployment: Option<&Deployment>, desired: i32) -> Rollout {
     let replicas = status.replicas.unwrap_or(0);
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
-    let observed = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let observed =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     let complete = observed && updated == desired && ready == desired && replicas == desired;
     let message = if !observed {
         "the Deployment controller has not seen the latest spec yet".to_string()
@@ -121,22 +122,76 @@ pub fn status(
     let rollout = rollout(observation.deployment, desired);
     let generation = observation.generation;
     let ready = if rollout.complete && desired == 0 {
-        condition(previous_conditions, READY, true, "ScaledToZero", "no replicas are asked for".into(), generation, &now)
+        condition(
+            previous_conditions,
+            READY,
+            true,
+            "ScaledToZero",
+            "no replicas are asked for".into(),
+            generation,
+            &now,
+        )
     } else if rollout.complete {
-        condition(previous_conditions, READY, true, "AllReplicasReady", format!("{desired} of {desired} replicas ready"), generation, &now)
+        condition(
+            previous_conditions,
+            READY,
+            true,
+            "AllReplicasReady",
+            format!("{desired} of {desired} replicas ready"),
+            generation,
+            &now,
+        )
     } else {
-        condition(previous_conditions, READY, false, "ReplicasNotReady", format!("{} of {desired} replicas ready", rollout.ready), generation, &now)
+        condition(
+            previous_conditions,
+            READY,
+            false,
+            "ReplicasNotReady",
+            format!("{} of {desired} replicas ready", rollout.ready),
+            generation,
+            &now,
+        )
     };
     let progressing = if rollout.complete {
-        condition(previous_conditions, PROGRESSING, false, "RolloutComplete", rollout.message.clone(), generation, &now)
+        condition(
+            previous_conditions,
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            rollout.message.clone(),
+            generation,
+            &now,
+        )
     } else {
-        condition(previous_conditions, PROGRESSING, true, "RollingOut", rollout.message.clone(), generation, &now)
+        condition(
+            previous_conditions,
+            PROGRESSING,
+            true,
+            "RollingOut",
+            rollout.message.clone(),
+            generation,
+            &now,
+        )
     };
     let degraded = match &observation.outcome {
-        Outcome::Applied => condition(previous_conditions, DEGRADED, false, "AsExpected", "every object is applied".into(), generation, &now),
-        Outcome::Blocked { reason, message } => {
-            condition(previous_conditions, DEGRADED, true, reason, message.clone(), generation, &now)
-        }
+        Outcome::Applied => condition(
+            previous_conditions,
+            DEGRADED,
+            false,
+            "AsExpected",
+            "every object is applied".into(),
+            generation,
+            &now,
+        ),
+        Outcome::Blocked { reason, message } => condition(
+            previous_conditions,
+            DEGRADED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+            &now,
+        ),
     };
     let registry_sha256 = observation
         .registry_sha256
@@ -162,7 +217,13 @@ mod tests {
     use k8s_openapi::api::apps::v1::DeploymentStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn deployment(generation: i64, observed: i64, replicas: i32, updated: i32, ready: i32) -> Deployment {
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        replicas: i32,
+        updated: i32,
+        ready: i32,
+    ) -> Deployment {
         Deployment {
             metadata: ObjectMeta {
                 generation: Some(generation),

@@ -6,7 +6,9 @@ const CRD_FILE: &str = "crds/speculativedeployments.specdec.io.yaml";
 
 #[test]
 fn crds_directory_matches_the_rust_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(CRD_FILE);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(CRD_FILE);
     let generated = specdec_operator::cli::crd_yaml().expect("the CRD renders");
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
@@ -67,5 +69,8 @@ fn every_field_is_documented() {
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     let mut missing = Vec::new();
     walk("", schema, &mut missing);
-    assert!(missing.is_empty(), "fields without description: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields without description: {missing:?}"
+    );
 }

@@ -95,11 +95,13 @@ def free_port() -> int:
 class Operator:
     """One `specdec-operator run` process."""
 
-    def __init__(self, kubectl: Kubectl, identity: str, log_dir: Path):
+    def __init__(self, kubectl: Kubectl, identity: str, log_dir: Path,
+                 lease_namespace: str = LEASE_NAMESPACE):
         self.binary = target_dir() / "release" / "specdec-operator"
         assert self.binary.is_file(), f"{self.binary} missing: build with cargo build --release"
         self.kubectl = kubectl
         self.identity = identity
+        self.lease_namespace = lease_namespace
         self.port = free_port()
         self.log = log_dir / f"operator-{identity}.log"
         self.process = None
@@ -109,7 +111,7 @@ class Operator:
         """Start (or start again after `stop`) the process."""
         self.process = subprocess.Popen(
             [str(self.binary), "run", "--listen", f"127.0.0.1:{self.port}",
-             "--identity", self.identity, "--lease-namespace", LEASE_NAMESPACE,
+             "--identity", self.identity, "--lease-namespace", self.lease_namespace,
              "--lease-duration", "6", "--lease-retry", "1", "--status-interval", "2"],
             stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
             env={**self.kubectl.env, "SPECDEC_OPERATOR_LOG": "info,specdec_operator=debug"},

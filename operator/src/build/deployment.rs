@@ -78,7 +78,11 @@ fn resources(spec: &SpeculativeDeploymentSpec) -> Option<ResourceRequirements> {
 /// requested (as Kubernetes' ExtendedResourceToleration admission would add).
 fn tolerations(spec: &SpeculativeDeploymentSpec) -> Option<Vec<Toleration>> {
     let mut tolerations = spec.tolerations.clone().unwrap_or_default();
-    if spec.gpus > 0 && !tolerations.iter().any(|t| t.key.as_deref() == Some(GPU_RESOURCE)) {
+    if spec.gpus > 0
+        && !tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some(GPU_RESOURCE))
+    {
         tolerations.push(Toleration {
             key: Some(GPU_RESOURCE.into()),
             operator: Some("Exists".into()),
@@ -144,11 +148,13 @@ fn volumes(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Vec<
 }
 
 fn source_mounts(plan: &Plan) -> Vec<VolumeMount> {
-    let pvc = plan
-        .source_claims
-        .iter()
-        .enumerate()
-        .map(|(i, claim)| mount(&format!("source-pvc-{i}"), &format!("{PVC_SOURCES_DIR}/{claim}"), true));
+    let pvc = plan.source_claims.iter().enumerate().map(|(i, claim)| {
+        mount(
+            &format!("source-pvc-{i}"),
+            &format!("{PVC_SOURCES_DIR}/{claim}"),
+            true,
+        )
+    });
     let node = plan
         .node_files
         .iter()

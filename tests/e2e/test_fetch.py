@@ -1,0 +1,85 @@
+"""`specdec fetch` (what the operator's init containers run) against a real
+HTTP server on loopback: verified downloads, idempotence, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import free_port, specdec_binary
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    root = tmp_path / "www"
+    (root / "models").mkdir(parents=True)
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    (root / "models" / "tiny.gguf").write_bytes(payload)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(url, timeout=1)
+            break
+        except requests.ConnectionError:
+            import time
+            time.sleep(0.1)
+    yield url, payload
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def fetch(url: str, sha256: str, dest: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(specdec_binary()), "fetch", "--url", url, "--sha256", sha256, "--dir", str(dest)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_downloads_verifies_and_is_idempotent(http_server, tmp_path):
+    url, payload = http_server
+    sha = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "cache"
+    first = fetch(f"{url}/models/tiny.gguf", sha, dest)
+    assert first.returncode == 0, first.stderr
+    assert "downloaded" in first.stdout
+    assert (dest / "tiny.gguf").read_bytes() == payload
+    second = fetch(f"{url}/models/tiny.gguf", sha, dest)
+    assert second.returncode == 0 and "already present" in second.stdout
+    # A corrupted cached file is replaced by a verified download.
+    (dest / "tiny.gguf").write_bytes(b"corrupt")
+    third = fetch(f"{url}/models/tiny.gguf", sha, dest)
+    assert third.returncode == 0 and "downloaded" in third.stdout
+    assert (dest / "tiny.gguf").read_bytes() == payload
+
+
+def test_checksum_mismatch_keeps_nothing(http_server, tmp_path):
+    url, _ = http_server
+    dest = tmp_path / "cache"
+    result = fetch(f"{url}/models/tiny.gguf", "0" * 64, dest)
+    assert result.returncode != 0
+    assert "checksum mismatch" in result.stderr
+    assert list(dest.iterdir()) == []
+
+
+def test_refuses_bad_arguments_and_missing_files(http_server, tmp_path):
+    url, payload = http_server
+    sha = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "cache"
+    bad_sha = fetch(f"{url}/models/tiny.gguf", "abc", dest)
+    assert bad_sha.returncode != 0 and "64 hexadecimal digits" in bad_sha.stderr
+    missing = fetch(f"{url}/models/absent.gguf", sha, dest)
+    assert missing.returncode != 0 and "404" in missing.stderr
+    assert not (dest / "absent.gguf").exists()
+    scheme = fetch("ftp://127.0.0.1/x.gguf", sha, dest)
+    assert scheme.returncode != 0 and "http:// and https://" in scheme.stderr
