@@ -11,10 +11,6 @@ use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
 pub const GROUP: &str = "specdec.io";
-/// Most drafters per deployment (bounds the cost of the CEL rules).
-pub const MAX_DRAFTERS: usize = 16;
-/// Most languages per drafter (bounds the cost of the CEL rules).
-pub const MAX_LANGUAGES: usize = 64;
 
 /// A target model and per-language drafters, served by specdec with
 /// speculative decoding.
@@ -69,7 +65,8 @@ pub const MAX_LANGUAGES: usize = 64;
 pub struct SpeculativeDeploymentSpec {
     /// The target model whose output is served; drafters only make it faster.
     pub target: TargetSpec,
-    /// Drafters and the languages (ISO 639-1 codes, or `*`) they serve.
+    /// Drafters and the languages (ISO 639-1 codes, or `*`) they serve. The
+    /// item limits bound the cost of the CEL rules, which the API server checks.
     #[serde(default)]
     #[schemars(length(max = 16))]
     pub drafters: Vec<DrafterSpec>,
