@@ -43,7 +43,9 @@ pub struct Settings {
 pub struct Context {
     client: Client,
     metrics: Arc<Metrics>,
-    reporter: Reporter,
+    /// One recorder for the process, so repeated events are counted as a
+    /// series instead of created anew.
+    recorder: Recorder,
     http: reqwest::Client,
     settings: Settings,
     /// Consecutive failures per object, for exponential backoff.
@@ -62,13 +64,17 @@ impl Context {
             .timeout(settings.scrape_timeout)
             .build()
             .map_err(|e| Error::Http(e.to_string()))?;
-        Ok(Self {
-            client,
-            metrics,
-            reporter: Reporter {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: Some(identity),
             },
+        );
+        Ok(Self {
+            client,
+            metrics,
+            recorder,
             http,
             settings,
             failures: Mutex::default(),
@@ -255,7 +261,6 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let event = Event {
         type_,
         reason: reason.into(),
@@ -263,7 +268,7 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&event, &sd.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, &sd.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "cannot publish event");
     }
 }
