@@ -273,7 +273,30 @@ async fn publish(
     }
 }
 
+/// Whether the API server refused because the object's namespace is being
+/// deleted: the object goes with it, so there is nothing to fix or retry.
+fn namespace_terminating(error: &Error) -> bool {
+    match error {
+        Error::Kube(kube::Error::Api(status)) => status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")),
+        _ => false,
+    }
+}
+
 async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match reconcile_once(&sd, &ctx).await {
+        Err(error) if namespace_terminating(&error) => {
+            tracing::debug!(object = %key(&sd), "namespace is being deleted; nothing to reconcile");
+            ctx.failures().remove(&key(&sd));
+            Ok(Action::await_change())
+        }
+        result => result,
+    }
+}
+
+async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Result<Action, Error> {
     let _timer = ctx
         .metrics
         .duration
@@ -464,5 +487,30 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(10));
         assert_eq!(backoff(4), Duration::from_secs(40));
         assert_eq!(backoff(50), Duration::from_secs(300));
+    }
+
+    fn forbidden(cause: &str) -> Error {
+        let status = kube::core::Status::failure("forbidden", "Forbidden")
+            .with_code(403)
+            .with_details(kube::core::response::StatusDetails {
+                causes: vec![kube::core::response::StatusCause {
+                    reason: cause.into(),
+                    message: String::new(),
+                    field: "metadata.namespace".into(),
+                }],
+                name: "qwen".into(),
+                group: String::new(),
+                kind: "services".into(),
+                uid: String::new(),
+                retry_after_seconds: 0,
+            });
+        Error::Kube(kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn only_a_terminating_namespace_is_not_an_error() {
+        assert!(namespace_terminating(&forbidden("NamespaceTerminating")));
+        assert!(!namespace_terminating(&forbidden("FieldValueForbidden")));
+        assert!(!namespace_terminating(&Error::MissingMetadata("uid")));
     }
 }
