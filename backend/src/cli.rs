@@ -129,6 +129,10 @@ struct GenerateArgs {
     /// Stop drafting when the drafter's top probability is below this.
     #[arg(long, default_value_t = DraftParams::default().p_min)]
     draft_p_min: f32,
+    /// Choose each round's draft length (0 to --draft-max) from measured
+    /// acceptance and costs instead of always drafting --draft-max.
+    #[arg(long)]
+    adaptive: bool,
     /// Context length.
     #[arg(long, default_value_t = crate::config::DEFAULT_CONTEXT)]
     context: u32,
@@ -203,7 +207,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         max: args.draft_max,
         min: args.draft_min,
         p_min: args.draft_p_min,
-        adaptive: false,
+        adaptive: args.adaptive,
     };
     let drafter = match (&args.drafter, args.ngram) {
         (Some(path), _) => Some(DrafterConfig {
@@ -269,6 +273,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         drafter: choice,
         draft: None,
         stop: args.stop,
+        language: None,
     };
     let completion = engine.generate_blocking(request)?;
     if args.json {
@@ -335,10 +340,7 @@ fn default_registry() -> RegistryConfig {
                 .to_vec(),
             model: Some(models::model_path(models::DEFAULT_DRAFTER_FILE)),
             gpu_layers: 0,
-            draft: DraftParams {
-                max: 4,
-                ..DraftParams::default()
-            },
+            draft: DraftParams::default(),
         }],
         default: None,
     }

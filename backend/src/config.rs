@@ -20,7 +20,8 @@ pub struct DraftParams {
     pub min: u32,
     /// Stop drafting when the drafter's top probability falls below this.
     pub p_min: f32,
-    /// Choose the draft length online from measured acceptance and costs.
+    /// Choose each round's draft length, from 0 to `max`, online from measured
+    /// acceptance and costs (`false`: always draft up to `max`).
     pub adaptive: bool,
 }
 
@@ -30,7 +31,7 @@ impl Default for DraftParams {
             max: 8,
             min: 0,
             p_min: 0.0,
-            adaptive: false,
+            adaptive: true,
         }
     }
 }

@@ -19,6 +19,8 @@ pub const SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS: &str =
 pub const LABEL_DRAFTER: &str = "drafter";
 /// Label naming the request's language.
 pub const LABEL_LANGUAGE: &str = "language";
+/// Label naming a draft length.
+pub const LABEL_LENGTH: &str = "length";
 /// Label naming the draft position.
 pub const LABEL_POSITION: &str = "position";
 

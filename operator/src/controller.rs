@@ -331,7 +331,7 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
                     Some(_) => "registry changed; rolling the pods",
                     None => "registry created",
                 };
-                publish(&ctx, &sd, EventType::Normal, "RegistryApplied", note.into()).await;
+                publish(ctx, sd, EventType::Normal, "RegistryApplied", note.into()).await;
             }
             (
                 Outcome::Applied,
@@ -341,8 +341,8 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         }
         Err(blocked) => {
             if let Outcome::Blocked { reason, message } = &blocked {
-                tracing::warn!(object = %key(&sd), reason, message, "not applied");
-                publish(&ctx, &sd, EventType::Warning, reason, message.clone()).await;
+                tracing::warn!(object = %key(sd), reason, message, "not applied");
+                publish(ctx, sd, EventType::Warning, reason, message.clone()).await;
             }
             let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
                 .get_opt(&owner.name)
@@ -350,7 +350,7 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
             (blocked, deployment, None)
         }
     };
-    let totals = scrape_acceptance(&ctx, &owner).await;
+    let totals = scrape_acceptance(ctx, &owner).await;
     let observation = Observation {
         generation: sd.metadata.generation,
         desired_replicas: spec.replicas,
@@ -387,7 +387,7 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         status.ready_replicas,
         &status.acceptance,
     );
-    ctx.failures().remove(&key(&sd));
+    ctx.failures().remove(&key(sd));
     let result = match outcome {
         Outcome::Applied => "applied",
         Outcome::Blocked { .. } => "blocked",

@@ -228,7 +228,8 @@ pub struct DraftSpec {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub p_min: f32,
-    /// Choose the draft length online from measured acceptance and costs.
+    /// Choose each round's draft length, from 0 (plain decoding) to max,
+    /// online from measured acceptance and costs; false drafts max every round.
     #[serde(default = "default_adaptive")]
     pub adaptive: bool,
 }
@@ -238,7 +239,7 @@ fn default_draft_max() -> i32 {
 }
 
 fn default_adaptive() -> bool {
-    true
+    specdec_backend::config::DraftParams::default().adaptive
 }
 
 impl Default for DraftSpec {

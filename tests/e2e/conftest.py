@@ -46,7 +46,8 @@ def free_port() -> int:
 
 def registry_yaml(models: Path) -> str:
     """German and French share one drafter, Japanese has its own, English and
-    anything unrecognised go to prompt lookup."""
+    anything unrecognised go to prompt lookup. The model drafters draft a fixed
+    length (the routing and metrics tests need drafts); lookup is adaptive."""
     return f"""
 target:
   model: {models / TARGET}
@@ -55,11 +56,11 @@ drafters:
   - name: qwen-euro
     languages: [de, fr]
     model: {models / DRAFTER}
-    draft: {{ max: 4 }}
+    draft: {{ max: 4, adaptive: false }}
   - name: qwen-ja
     languages: [ja]
     model: {models / DRAFTER}
-    draft: {{ max: 3 }}
+    draft: {{ max: 3, adaptive: false }}
   - name: lookup
     kind: ngram
     languages: [en]

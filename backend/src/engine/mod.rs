@@ -9,7 +9,7 @@ pub mod request;
 pub mod vocab;
 mod worker;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
@@ -37,16 +37,19 @@ pub struct EngineConfig {
     pub max_verify_batch: usize,
 }
 
-/// Default of [`EngineConfig::max_verify_batch`]. On CPU, llama.cpp computes
-/// the logits of a batch of up to 7 tokens bit-identically to evaluating the
-/// tokens one by one, but not those of larger batches (measured with the
-/// `batch_invariance` example), so greedy speculation stays token-exact only
-/// with passes of at most 7. A pass on CPU costs about linearly in its tokens,
-/// so the split costs little. GPU builds verify a whole draft in one pass.
+/// Default of [`EngineConfig::max_verify_batch`]. On CPU, llama.cpp's
+/// repacked matmul (built with `GGML_CPU_REPACK=ON`, see `.cargo/config.toml`)
+/// evaluates the rows of a batch in groups of four with a GEMM kernel and the
+/// remaining rows with the GEMV kernel of a single token; a pass of at most
+/// three tokens therefore computes each token's logits bit-identically to
+/// decoding it alone (the `batch_invariance` example measures it), and greedy
+/// speculation stays token-exact. Such passes also cost sub-linearly (about
+/// 1.4x one token for two, 1.7x for three on a 2-core x86 machine). GPU
+/// builds verify a whole draft in one pass.
 pub const DEFAULT_MAX_VERIFY_BATCH: usize = if cfg!(any(feature = "cuda", feature = "metal")) {
     DraftParams::MAX_DRAFT as usize + 1
 } else {
-    7
+    3
 };
 
 impl EngineConfig {
@@ -92,12 +95,34 @@ pub struct EngineInfo {
     pub slots: usize,
 }
 
+/// The latest decision of adaptive drafting for one drafter and language.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AdaptiveReport {
+    /// The drafter.
+    pub drafter: String,
+    /// The language (ISO 639-1, `und` when unknown).
+    pub language: String,
+    /// Draft length chosen for the latest round (0: plain decoding).
+    pub draft_length: usize,
+    /// Expected tokens per second at that length.
+    pub expected_tokens_per_second: f64,
+    /// Expected tokens per second of plain decoding.
+    pub plain_tokens_per_second: f64,
+    /// Estimated acceptance of each draft position given the ones before it.
+    pub acceptance: Vec<f64>,
+    /// Milliseconds of a one-token target pass, as currently estimated.
+    pub target_pass_ms: f64,
+    /// Milliseconds of one draft step, as currently estimated.
+    pub draft_step_ms: f64,
+}
+
 /// Handle to a running engine. Cloning is cheap; the engine thread ends when
 /// the last handle is dropped and the requests in flight are done.
 #[derive(Clone)]
 pub struct Engine {
     commands: mpsc::UnboundedSender<worker::Command>,
     info: Arc<EngineInfo>,
+    adaptive: Arc<Mutex<worker::AdaptiveReports>>,
 }
 
 impl Engine {
@@ -106,9 +131,11 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let adaptive = Arc::new(Mutex::new(worker::AdaptiveReports::new()));
+        let reports = Arc::clone(&adaptive);
         std::thread::Builder::new()
             .name("specdec-engine".into())
-            .spawn(move || worker::run(config, ready_tx, commands_rx))
+            .spawn(move || worker::run(config, ready_tx, commands_rx, reports))
             .map_err(|e| EngineError::Context {
                 model: "the engine thread".into(),
                 reason: e.to_string(),
@@ -117,7 +144,16 @@ impl Engine {
         Ok(Self {
             commands,
             info: Arc::new(info),
+            adaptive,
         })
+    }
+
+    /// The latest adaptive decision of every drafter and language seen.
+    pub fn adaptive_reports(&self) -> Vec<AdaptiveReport> {
+        self.adaptive
+            .lock()
+            .map(|reports| reports.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Facts about the loaded models.

@@ -49,6 +49,9 @@ pub struct GenerationRequest {
     pub draft: Option<DraftParams>,
     /// Stop strings; the text ends before the first one found.
     pub stop: Vec<String>,
+    /// The request's language (ISO 639-1), if known: adaptive drafting keeps
+    /// its acceptance estimates per drafter and language.
+    pub language: Option<String>,
 }
 
 impl GenerationRequest {
@@ -61,6 +64,7 @@ impl GenerationRequest {
             drafter: DrafterChoice::None,
             draft: None,
             stop: Vec::new(),
+            language: None,
         }
     }
 
@@ -102,6 +106,8 @@ pub struct GenerationStats {
     pub acceptance_rate: f64,
     /// 1 + accepted / drafts (vLLM's mean accepted length), 0 when nothing was drafted.
     pub mean_accepted_length: f64,
+    /// Rounds by the draft length chosen for them (index 0: plain rounds).
+    pub rounds_by_draft_length: Vec<u64>,
     /// Milliseconds evaluating the prompt.
     pub prefill_ms: f64,
     /// Milliseconds spent drafting.

@@ -4,10 +4,10 @@
 //! draft-and-verify round at a time, slots in turn, so concurrent requests
 //! share the thread fairly. Each request streams its events on its own channel.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::config::{DraftParams, DrafterKind};
+use crate::speculative::adaptive::{AdaptiveState, CostModel};
 use crate::speculative::ngram::{self, NgramParams};
 use crate::speculative::sampling::{self, Distribution, SamplingParams};
 use crate::speculative::text::TextAssembler;
@@ -32,7 +33,7 @@ use super::request::{
     DrafterChoice, FinishReason, GenerationEvent, GenerationRequest, GenerationStats, Prompt,
 };
 use super::vocab::{check_compatible, VocabInfo};
-use super::{EngineConfig, EngineInfo};
+use super::{AdaptiveReport, EngineConfig, EngineInfo};
 
 /// Whether contexts use a Q8_0 KV cache with flash attention. On CPU, ggml
 /// decodes a single token over an F16/F32 cache of 512 or more cells with a
@@ -139,12 +140,6 @@ fn load_models(config: &EngineConfig) -> Result<LoadedModels, EngineError> {
         spec.draft
             .validate()
             .map_err(|e| EngineError::InvalidRequest(format!("drafter `{}`: {e}", spec.name)))?;
-        if spec.draft.adaptive {
-            tracing::warn!(
-                drafter = %spec.name,
-                "adaptive draft length is not implemented yet; drafting up to draft.max every round"
-            );
-        }
         drafters.push(LoadedDrafter {
             name: spec.name.clone(),
             draft: spec.draft,
@@ -196,6 +191,7 @@ pub(super) fn run(
     config: EngineConfig,
     ready: std::sync::mpsc::SyncSender<Result<EngineInfo, EngineError>>,
     commands: UnboundedReceiver<Command>,
+    reports: Arc<Mutex<AdaptiveReports>>,
 ) {
     let LoadedModels {
         target,
@@ -219,6 +215,13 @@ pub(super) fn run(
             }
         }
     }
+    let costs = match calibrate(&target, &drafters, &mut slots[0], config.max_verify_batch) {
+        Ok(costs) => costs,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let info = EngineInfo {
         context: config.target.context as usize,
         vocab_size: target.vocab().n_tokens().max(0) as usize,
@@ -237,6 +240,9 @@ pub(super) fn run(
         max_verify_batch: config.max_verify_batch,
         slots,
         waiting: VecDeque::new(),
+        costs,
+        adaptive: BTreeMap::new(),
+        reports,
     };
     scheduler.serve(commands);
 }
@@ -286,6 +292,7 @@ struct Prepared {
     sampling: SamplingParams,
     max_tokens: usize,
     stop: Vec<String>,
+    language: String,
 }
 
 /// A request being generated in a slot.
@@ -295,6 +302,8 @@ struct Sequence {
     /// The drafter's model (index into the slot's drafter contexts), if any.
     drafter_model: Option<usize>,
     draft: DraftParams,
+    /// Key of the adaptive state: the request's language.
+    language: String,
     sampling: SamplingParams,
     max_tokens: usize,
     /// Prompt and generated tokens.
@@ -323,6 +332,12 @@ struct Scheduler<'m> {
     max_verify_batch: usize,
     slots: Vec<Slot<'m>>,
     waiting: VecDeque<(Prepared, UnboundedSender<GenerationEvent>)>,
+    /// Cost model per drafter (calibrated at start-up), for adaptive drafting.
+    costs: Vec<CostModel>,
+    /// Adaptive state per drafter and language.
+    adaptive: BTreeMap<(usize, String), AdaptiveState>,
+    /// What the adaptive states last decided, for metrics.
+    reports: Arc<Mutex<AdaptiveReports>>,
 }
 
 impl<'m> Scheduler<'m> {
@@ -412,6 +427,7 @@ impl<'m> Scheduler<'m> {
             sampling: request.sampling,
             max_tokens: request.max_tokens,
             stop: request.stop,
+            language: request.language.unwrap_or_else(|| UNKNOWN_LANGUAGE.into()),
         })
     }
 
@@ -465,6 +481,7 @@ impl<'m> Scheduler<'m> {
                 drafter: p.drafter,
                 drafter_model: p.drafter.and_then(|i| self.drafters[i].model),
                 draft: p.draft,
+                language: p.language,
                 rng: ChaCha8Rng::seed_from_u64(p.sampling.seed),
                 sampling: p.sampling,
                 max_tokens: p.max_tokens,
@@ -489,7 +506,33 @@ impl<'m> Scheduler<'m> {
             slot.sequence = None;
             return;
         }
-        let outcome = round(self.target, self.context, self.max_verify_batch, slot);
+        let policy = match (seq.drafter, seq.draft.adaptive) {
+            (Some(d), true) => self.costs.get_mut(d).map(|cost| Policy {
+                cost,
+                state: self.adaptive.entry((d, seq.language.clone())).or_default(),
+            }),
+            _ => None,
+        };
+        let adaptive_key = policy
+            .as_ref()
+            .and(seq.drafter)
+            .map(|d| (d, seq.language.clone()));
+        let outcome = round(
+            self.target,
+            self.context,
+            self.max_verify_batch,
+            slot,
+            policy,
+        );
+        self.finish_round(index, outcome);
+        if let Some(key) = adaptive_key {
+            self.report(&key);
+        }
+    }
+
+    /// Stream the end of a generation that finished or failed in this round.
+    fn finish_round(&mut self, index: usize, outcome: Result<Progress, EngineError>) {
+        let slot = &mut self.slots[index];
         let Some(seq) = slot.sequence.as_mut() else {
             return;
         };
@@ -518,6 +561,154 @@ impl<'m> Scheduler<'m> {
             }
         }
     }
+}
+
+impl Scheduler<'_> {
+    /// Publish the adaptive state of `key` for metrics.
+    fn report(&self, key: &(usize, String)) {
+        let (Some(state), Some(drafter), Some(cost)) = (
+            self.adaptive.get(key),
+            self.drafters.get(key.0),
+            self.costs.get(key.0),
+        ) else {
+            return;
+        };
+        let Some(choice) = state.last_choice() else {
+            return;
+        };
+        let report = AdaptiveReport {
+            drafter: drafter.name.clone(),
+            language: key.1.clone(),
+            draft_length: choice.draft_length,
+            expected_tokens_per_second: choice.tokens_per_second,
+            plain_tokens_per_second: choice.plain_tokens_per_second,
+            acceptance: state.acceptance(drafter.draft.max as usize),
+            target_pass_ms: cost.unit_ms(),
+            draft_step_ms: cost.draft_step_ms(),
+        };
+        if let Ok(mut reports) = self.reports.lock() {
+            reports.insert((report.drafter.clone(), report.language.clone()), report);
+        }
+    }
+}
+
+/// Latest adaptive decision per drafter and language.
+pub(super) type AdaptiveReports = BTreeMap<(String, String), AdaptiveReport>;
+
+/// Language key of requests that name none.
+const UNKNOWN_LANGUAGE: &str = "und";
+
+/// What adaptive drafting consults and refines in a round.
+struct Policy<'a> {
+    cost: &'a mut CostModel,
+    state: &'a mut AdaptiveState,
+}
+
+/// Pass sizes measured at start-up (others are interpolated).
+const CALIBRATION_SIZES: [usize; 6] = [1, 2, 3, 4, 6, 8];
+/// Tokens of context before the measured passes.
+const CALIBRATION_PREFIX: usize = 32;
+
+/// Measure, on this hardware, target passes by size and each drafter's draft
+/// step, for the adaptive policy (which any request may ask for, so every
+/// engine with drafters calibrates). Uses (and clears) one slot's contexts.
+fn calibrate(
+    target: &LlamaModel,
+    drafters: &[LoadedDrafter],
+    slot: &mut Slot,
+    max_verify_batch: usize,
+) -> Result<Vec<CostModel>, EngineError> {
+    if drafters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let started = Instant::now();
+    let largest = max_verify_batch.clamp(1, DraftParams::MAX_DRAFT as usize + 1);
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(8);
+    let mut prefix: Vec<u32> = target
+        .vocab()
+        .tokenize(text.as_bytes(), true, false)
+        .into_iter()
+        .map(|t| t.0 as u32)
+        .collect();
+    prefix.truncate(CALIBRATION_PREFIX);
+    if prefix.is_empty() {
+        return Err(EngineError::Decode(
+            "calibration: the target tokenizes no text".into(),
+        ));
+    }
+    let start = prefix.len();
+    let probe: Vec<u32> = prefix.iter().cycle().take(largest).copied().collect();
+    slot.target.clear_kv_cache();
+    decode_chunked(&mut slot.target, &mut slot.batch, &prefix, 0)?;
+    let mut sizes: Vec<usize> = CALIBRATION_SIZES
+        .iter()
+        .copied()
+        .chain([largest])
+        .filter(|&n| n <= largest)
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    // A first pass warms caches and threads up; then the best of two.
+    time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+    let mut passes = Vec::with_capacity(sizes.len());
+    for &n in &sizes {
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            best = best.min(time_pass(
+                &mut slot.target,
+                &mut slot.batch,
+                &probe[..n],
+                start,
+            )?);
+        }
+        passes.push((n, best));
+    }
+    slot.target.clear_kv_cache();
+    // One draft step per drafter model; model-free drafters cost nothing here.
+    let mut step_by_model = Vec::with_capacity(slot.drafters.len());
+    for ctx in &mut slot.drafters {
+        ctx.clear_kv_cache();
+        decode_chunked(ctx, &mut slot.batch, &prefix, 0)?;
+        time_pass(ctx, &mut slot.batch, &probe[..1], start)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            best = best.min(time_pass(ctx, &mut slot.batch, &probe[..1], start)?);
+        }
+        ctx.clear_kv_cache();
+        step_by_model.push(best);
+    }
+    let mut costs = Vec::with_capacity(drafters.len());
+    for d in drafters {
+        let step = d
+            .model
+            .and_then(|m| step_by_model.get(m).copied())
+            .unwrap_or(0.0);
+        let cost = CostModel::calibrated(&passes, step, largest).ok_or_else(|| {
+            EngineError::Decode("calibration measured no single-token pass".into())
+        })?;
+        costs.push(cost);
+    }
+    tracing::info!(
+        passes = ?passes,
+        draft_steps = ?step_by_model,
+        took_ms = ms(started),
+        "calibrated costs for adaptive drafting"
+    );
+    Ok(costs)
+}
+
+/// Milliseconds of one target pass over `tokens` at `start`, rolled back after.
+fn time_pass(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    tokens: &[u32],
+    start: usize,
+) -> Result<f64, EngineError> {
+    let t0 = Instant::now();
+    decode(ctx, batch, tokens, start, true)?;
+    let elapsed = ms(t0);
+    truncate_kv(ctx, start)?;
+    Ok(elapsed)
 }
 
 fn ms(since: Instant) -> f64 {
@@ -565,9 +756,14 @@ fn decode_chunked(
 }
 
 /// A draft: tokens and, when sampling, the distributions they were drawn from.
+#[derive(Default)]
 struct Draft {
     tokens: Vec<u32>,
     dists: Vec<Distribution>,
+    /// Single-token drafter steps taken and their milliseconds (catching up
+    /// on a long run of unseen tokens is not a step).
+    steps: usize,
+    steps_ms: f64,
 }
 
 /// Propose up to `k` tokens with a drafter model. The drafter first catches
@@ -581,7 +777,7 @@ fn draft_with_model(
 ) -> Result<Draft, EngineError> {
     let mut draft = Draft {
         tokens: Vec::with_capacity(k),
-        dists: Vec::new(),
+        ..Draft::default()
     };
     // Catch up the way the target evaluated the same tokens (a long run as a
     // prompt, then its last token alone), so that a drafter identical to the
@@ -593,7 +789,12 @@ fn draft_with_model(
         unseen.split_at(0)
     };
     decode_chunked(ctx, batch, body, seq.drafter_past)?;
+    let steps_started = Instant::now();
     decode(ctx, batch, last, seq.drafter_past + body.len(), false)?;
+    // The first decode is a step when it evaluates one token.
+    let catching_up = last.len() > 1;
+    let mut steps = usize::from(!catching_up);
+    let mut steps_ms = if catching_up { 0.0 } else { ms(steps_started) };
     seq.drafter_past = seq.tokens.len();
     let mut logits_index = (last.len() - 1) as i32;
     loop {
@@ -613,10 +814,15 @@ fn draft_with_model(
         if draft.tokens.len() == k {
             break;
         }
+        let t0 = Instant::now();
         decode(ctx, batch, &[token], seq.drafter_past, false)?;
+        steps += 1;
+        steps_ms += ms(t0);
         seq.drafter_past += 1;
         logits_index = 0;
     }
+    draft.steps = steps;
+    draft.steps_ms = steps_ms;
     Ok(draft)
 }
 
@@ -629,6 +835,8 @@ struct VerifyWindow<'a, 'm> {
     start: usize,
     chunk: usize,
     evaluated: usize,
+    /// Tokens and milliseconds of each target pass run.
+    passes: Vec<(usize, f64)>,
 }
 
 impl VerifyWindow<'_, '_> {
@@ -636,6 +844,7 @@ impl VerifyWindow<'_, '_> {
     fn logits(&mut self, i: usize) -> Result<&[f32], EngineError> {
         if i >= self.evaluated {
             let end = (self.evaluated + self.chunk).min(self.tokens.len());
+            let t0 = Instant::now();
             decode(
                 self.ctx,
                 self.batch,
@@ -643,6 +852,7 @@ impl VerifyWindow<'_, '_> {
                 self.start + self.evaluated,
                 true,
             )?;
+            self.passes.push((end - self.evaluated, ms(t0)));
             self.evaluated = end;
         }
         let pass_start = (self.evaluated - 1) / self.chunk * self.chunk;
@@ -662,6 +872,7 @@ fn round(
     context: usize,
     max_verify_batch: usize,
     slot: &mut Slot,
+    mut policy: Option<Policy>,
 ) -> Result<Progress, EngineError> {
     let Some(seq) = slot.sequence.as_mut() else {
         return Ok(Progress::Continue);
@@ -680,9 +891,14 @@ fn round(
     // Draft: no more than fits in the context or than max_tokens can use.
     let remaining = seq.max_tokens - seq.stats.completion_tokens;
     let room = context.saturating_sub(len + 1);
-    let k = (seq.draft.max as usize)
+    let most = (seq.draft.max as usize)
         .min(room)
         .min(remaining.saturating_sub(1));
+    let chunk = max_verify_batch.max(1);
+    let k = match policy.as_mut() {
+        Some(p) => p.state.choose(p.cost, seq.draft.min as usize, most, chunk),
+        None => most,
+    };
     let t0 = Instant::now();
     let mut draft = match seq.drafter {
         Some(_) if k > 0 => match seq.drafter_model {
@@ -703,13 +919,15 @@ fn round(
                         .map(|&t| Distribution::point_mass(t))
                         .collect()
                 };
-                Draft { tokens, dists }
+                Draft {
+                    tokens,
+                    dists,
+                    steps: 1,
+                    steps_ms: ms(t0),
+                }
             }
         },
-        _ => Draft {
-            tokens: Vec::new(),
-            dists: Vec::new(),
-        },
+        _ => Draft::default(),
     };
     if draft.tokens.len() < seq.draft.min as usize {
         draft.tokens.clear();
@@ -728,8 +946,9 @@ fn round(
         batch: &mut slot.batch,
         tokens: &batch_tokens,
         start: len - 1,
-        chunk: max_verify_batch.max(1),
+        chunk,
         evaluated: 0,
+        passes: Vec::with_capacity(1),
     };
     let verdict = if seq.sampling.is_greedy() {
         verifier::verify_greedy_lazily(&draft.tokens, |i| window.logits(i).map(sampling::argmax))?
@@ -743,9 +962,22 @@ fn round(
         )?
     };
     seq.stats.verify_ms += ms(t0);
+    let passes = std::mem::take(&mut window.passes);
+    let Verdict { accepted, next } = verdict;
+
+    if let Some(p) = policy {
+        for &(tokens, pass_ms) in &passes {
+            p.cost.observe_pass(tokens, pass_ms);
+        }
+        p.cost.observe_draft(draft.steps, draft.steps_ms);
+        p.state.observe(draft.tokens.len(), accepted);
+    }
+    if seq.stats.rounds_by_draft_length.len() <= k {
+        seq.stats.rounds_by_draft_length.resize(k + 1, 0);
+    }
+    seq.stats.rounds_by_draft_length[k] += 1;
 
     // Roll both KV caches back to the accepted prefix.
-    let Verdict { accepted, next } = verdict;
     let keep = len + accepted;
     truncate_kv(&mut slot.target, keep)?;
     seq.target_past = keep;

@@ -5,14 +5,15 @@
 //! length = 1 + rate(accepted) / rate(drafts).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::engine::GenerationStats;
+use crate::engine::{AdaptiveReport, GenerationStats};
 use crate::metric_names::{
-    LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_POSITION, NAMESPACE, SPEC_DECODE_NUM_ACCEPTED_TOKENS,
-    SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS, SPEC_DECODE_NUM_DRAFTS, SPEC_DECODE_NUM_DRAFT_TOKENS,
+    LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH, LABEL_POSITION, NAMESPACE,
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS, SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS,
+    SPEC_DECODE_NUM_DRAFTS, SPEC_DECODE_NUM_DRAFT_TOKENS,
 };
 
 /// Label value for requests decoded without a drafter.
@@ -36,6 +37,8 @@ pub struct Metrics {
     inter_token_latency: HistogramVec,
     request_duration: HistogramVec,
     draft_length: IntGaugeVec,
+    expected_speedup: GaugeVec,
+    rounds_by_draft_length: IntCounterVec,
 }
 
 /// Register a metric and hand it back. The definitions in this file are
@@ -152,12 +155,30 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new(
                     "draft_length",
-                    "Current draft length (most tokens drafted per round) of each drafter.",
+                    "Draft length adaptive drafting chose for the latest round (0: plain decoding).",
                 )
                 .namespace(NAMESPACE),
-                &[LABEL_DRAFTER],
+                &spec,
             )
             .expect("metric definitions are valid"),
+        );
+        let expected_speedup = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "adaptive_expected_speedup",
+                    "Expected tokens per second of adaptive drafting's choice over plain decoding.",
+                )
+                .namespace(NAMESPACE),
+                &spec,
+            )
+            .expect("metric definitions are valid"),
+        );
+        let rounds_by_draft_length = counter_vec(
+            &registry,
+            "draft_length_rounds_total",
+            "Decoding rounds by the draft length used (0: plain decoding).",
+            &[LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH],
         );
         Self {
             registry,
@@ -174,14 +195,24 @@ impl Metrics {
             inter_token_latency,
             request_duration,
             draft_length,
+            expected_speedup,
+            rounds_by_draft_length,
         }
     }
 
-    /// Record a drafter's configured draft length.
-    pub fn set_draft_length(&self, drafter: &str, length: u32) {
-        self.draft_length
-            .with_label_values(&[drafter])
-            .set(i64::from(length));
+    /// Record the engine's latest adaptive decisions.
+    pub fn observe_adaptive(&self, reports: &[AdaptiveReport]) {
+        for r in reports {
+            let labels = [r.drafter.as_str(), r.language.as_str()];
+            self.draft_length
+                .with_label_values(&labels)
+                .set(r.draft_length as i64);
+            if r.plain_tokens_per_second > 0.0 {
+                self.expected_speedup
+                    .with_label_values(&labels)
+                    .set(r.expected_tokens_per_second / r.plain_tokens_per_second);
+            }
+        }
     }
 
     /// Record a finished generation.
@@ -212,6 +243,13 @@ impl Metrics {
                 self.num_accepted_tokens_per_pos
                     .with_label_values(&[drafter, language, &position.to_string()])
                     .inc_by(count);
+            }
+        }
+        for (length, &rounds) in stats.rounds_by_draft_length.iter().enumerate() {
+            if rounds > 0 {
+                self.rounds_by_draft_length
+                    .with_label_values(&[drafter, language, &length.to_string()])
+                    .inc_by(rounds);
             }
         }
         if let Some(ttft) = time_to_first_token {

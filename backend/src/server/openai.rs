@@ -65,6 +65,12 @@ pub struct SpeculativeOptions {
     pub min: Option<u32>,
     /// Stop drafting below this drafter confidence.
     pub p_min: Option<f32>,
+    /// Choose each round's draft length (up to `max`) from measured
+    /// acceptance and costs; defaults to the drafter's setting, and to
+    /// `false` when `max` is given.
+    pub adaptive: Option<bool>,
+    /// Use this registry drafter instead of the one routed by language.
+    pub drafter: Option<String>,
 }
 
 /// A chat message as sent: `content` may be a string or a list of text parts.
@@ -459,6 +465,9 @@ pub struct SpeculativeUsage {
     pub acceptance_rate: f64,
     /// 1 + accepted / drafts.
     pub mean_accepted_length: f64,
+    /// Decoding rounds by draft length (index 0: rounds without a draft).
+    #[serde(default)]
+    pub rounds_by_draft_length: Vec<u64>,
 }
 
 /// `usage`.
@@ -489,6 +498,7 @@ impl Usage {
                 accepted_tokens: stats.accepted_tokens,
                 acceptance_rate: stats.acceptance_rate,
                 mean_accepted_length: stats.mean_accepted_length,
+                rounds_by_draft_length: stats.rounds_by_draft_length.clone(),
             },
         }
     }

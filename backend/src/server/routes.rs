@@ -44,7 +44,7 @@ pub fn routes(
         .and(with_service.clone())
         .map(|service: Arc<Service>| {
             warp::reply::with_header(
-                service.metrics.render(),
+                service.render_metrics(),
                 "content-type",
                 "text/plain; version=0.0.4",
             )

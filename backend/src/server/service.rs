@@ -11,8 +11,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DraftParams, RegistryConfig};
 use crate::engine::{
-    DrafterChoice, Engine, EngineError, FinishReason, GenerationEvent, GenerationRequest,
-    GenerationStats,
+    AdaptiveReport, DrafterChoice, Engine, EngineError, FinishReason, GenerationEvent,
+    GenerationRequest, GenerationStats,
 };
 use crate::registry::Registry;
 
@@ -25,11 +25,20 @@ pub trait Backend: Send + Sync + 'static {
     /// Start a generation; its events arrive on the returned channel, and
     /// dropping the channel cancels it.
     fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<GenerationEvent>;
+
+    /// The latest adaptive drafting decisions, for metrics.
+    fn adaptive_reports(&self) -> Vec<AdaptiveReport> {
+        Vec::new()
+    }
 }
 
 impl Backend for Engine {
     fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<GenerationEvent> {
         Engine::submit(self, request)
+    }
+
+    fn adaptive_reports(&self) -> Vec<AdaptiveReport> {
+        Engine::adaptive_reports(self)
     }
 }
 
@@ -68,9 +77,6 @@ impl Service {
             .iter()
             .map(|d| (d.name.clone(), d.draft))
             .collect::<BTreeMap<_, _>>();
-        for (name, params) in &draft_params {
-            metrics.set_draft_length(name, params.max);
-        }
         Self {
             admission: Arc::new(Semaphore::new(config.slots + config.max_waiting)),
             config,
@@ -121,6 +127,15 @@ impl Service {
         }
     }
 
+    /// The metrics in the text exposition, with the backend's latest
+    /// adaptive decisions.
+    pub fn render_metrics(&self) -> String {
+        if let Some(backend) = self.backend.get() {
+            self.metrics.observe_adaptive(&backend.adaptive_reports());
+        }
+        self.metrics.render()
+    }
+
     /// Admit, route and start a generation; `id` names it in the logs.
     pub fn start(
         self: &Arc<Self>,
@@ -135,16 +150,33 @@ impl Service {
                 message: e.to_string(),
                 param: Some("language".into()),
             })?;
-        let drafter = route.drafter.filter(|_| request.speculative_enabled);
+        let o = &request.draft_overrides;
+        let routed = match &o.drafter {
+            Some(name) if !self.draft_params.contains_key(name) => {
+                return Err(ApiError::InvalidRequest {
+                    message: format!(
+                        "speculative.drafter: no drafter `{name}` in the registry (it has: {})",
+                        self.draft_params
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    param: Some("speculative.drafter".into()),
+                });
+            }
+            Some(name) => Some(name.clone()),
+            None => route.drafter,
+        };
+        let drafter = routed.filter(|_| request.speculative_enabled);
         let draft = match &drafter {
             Some(name) => {
                 let base = self.draft_params.get(name).copied().unwrap_or_default();
-                let o = &request.draft_overrides;
                 let params = DraftParams {
                     max: o.max.unwrap_or(base.max),
                     min: o.min.unwrap_or(base.min),
                     p_min: o.p_min.unwrap_or(base.p_min),
-                    adaptive: base.adaptive && o.max.is_none(),
+                    adaptive: o.adaptive.unwrap_or(base.adaptive && o.max.is_none()),
                 };
                 params
                     .validate()
@@ -170,6 +202,7 @@ impl Service {
                 .map_or(DrafterChoice::None, DrafterChoice::Named),
             draft,
             stop: request.stop,
+            language: Some(route.language.clone()),
         });
         self.metrics.waiting.inc();
         Ok(Generation {

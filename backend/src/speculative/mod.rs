@@ -1,8 +1,9 @@
 //! The model-independent pieces of speculative decoding: how logits become a
-//! distribution, the acceptance math, the n-gram proposer and streaming text
-//! assembly. Pure code, unit tested without models; the engine wires them to
+//! distribution, the acceptance math, the adaptive draft-length policy, the
+//! n-gram proposer and streaming text assembly. Pure code, unit tested without models; the engine wires them to
 //! llama.cpp.
 
+pub mod adaptive;
 pub mod ngram;
 pub mod sampling;
 pub mod text;

@@ -89,6 +89,7 @@ pub fn greedy(
         request.drafter = DrafterChoice::Named(name.into());
         request.draft = Some(DraftParams {
             max: k,
+            adaptive: false,
             ..DraftParams::default()
         });
     }

@@ -1,0 +1,515 @@
+//! Adaptive draft length: each round, draft as many tokens as maximise the
+//! expected tokens per second, zero (plain decoding) included.
+//!
+//! Two models feed the choice. The cost model holds the time of a target
+//! pass by its size and of one draft step, measured at start-up on the
+//! actual hardware and refined with every round. Costs are kept relative to
+//! a single-token pass, whose time is re-measured all the time, so a change
+//! of machine load moves every size together. The acceptance model holds,
+//! per drafter and language, the probability that the target accepts the
+//! drafted token at each position given that it accepted all before it,
+//! forgetting old rounds at a fixed rate.
+//!
+//! With conditional acceptances `a_1..a_k`, the first `i` drafted tokens all
+//! survive with probability `P_i = a_1 * … * a_i`, a round yields
+//! `1 + P_1 + … + P_k` tokens on average, and it costs `k` draft steps plus
+//! the target passes that verification reaches: the batch of `k + 1` tokens
+//! is evaluated in passes of at most `chunk` tokens, and pass `m` runs only
+//! when the `m * chunk` tokens before it were accepted (probability
+//! `P_{m*chunk}`).
+//!
+//! When plain decoding wins, acceptance is no longer observed, so the policy
+//! probes: after an interval of plain rounds it drafts once at the best
+//! speculative length, and doubles the interval each time the probe does not
+//! change the decision. It never probes when even perfect acceptance could
+//! not beat plain decoding on this hardware.
+
+use serde::Serialize;
+
+/// How much of the previous estimate survives one new observation.
+const COST_SMOOTHING: f64 = 0.9;
+/// Decay of acceptance counts per observed round: about the last 50 rounds count.
+const ACCEPTANCE_DECAY: f64 = 0.98;
+/// Weight, in rounds, of the prior of a position's acceptance.
+const PRIOR_WEIGHT: f64 = 2.0;
+/// Prior acceptance of the first drafted token before any observation.
+const PRIOR_FIRST: f64 = 0.6;
+/// First and longest probe intervals, in plain rounds.
+const PROBE_FIRST: u32 = 16;
+const PROBE_LONGEST: u32 = 1024;
+
+/// Time of target passes and draft steps, relative to a one-token pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostModel {
+    /// Milliseconds of a one-token target pass (smoothed).
+    unit_ms: f64,
+    /// `relative[n - 1]`: a pass of `n` tokens in units of a one-token pass.
+    relative: Vec<f64>,
+    /// One draft step in units of a one-token target pass.
+    draft_step: f64,
+}
+
+impl CostModel {
+    /// A model from start-up measurements: `passes` holds (tokens, ms) of
+    /// target passes and must include one token; sizes in between are
+    /// interpolated and larger ones extrapolated linearly, up to `largest`.
+    /// `draft_step_ms` is one draft step (0 for a model-free drafter).
+    pub fn calibrated(passes: &[(usize, f64)], draft_step_ms: f64, largest: usize) -> Option<Self> {
+        let mut points: Vec<(usize, f64)> = passes
+            .iter()
+            .copied()
+            .filter(|&(n, ms)| n > 0 && ms.is_finite() && ms > 0.0)
+            .collect();
+        points.sort_by_key(|&(n, _)| n);
+        points.dedup_by_key(|p| p.0);
+        let &(first, unit_ms) = points.first()?;
+        if first != 1 {
+            return None;
+        }
+        let relative = (1..=largest.max(1))
+            .map(|n| interpolate(&points, n) / unit_ms)
+            .collect();
+        Some(Self {
+            unit_ms,
+            relative,
+            draft_step: (draft_step_ms / unit_ms).max(0.0),
+        })
+    }
+
+    /// Milliseconds of a one-token target pass.
+    pub fn unit_ms(&self) -> f64 {
+        self.unit_ms
+    }
+
+    /// Milliseconds of a target pass of `tokens` tokens.
+    pub fn pass_ms(&self, tokens: usize) -> f64 {
+        self.unit_ms * self.relative_pass(tokens)
+    }
+
+    /// Milliseconds of one draft step.
+    pub fn draft_step_ms(&self) -> f64 {
+        self.unit_ms * self.draft_step
+    }
+
+    fn relative_pass(&self, tokens: usize) -> f64 {
+        match tokens {
+            0 => 0.0,
+            n if n <= self.relative.len() => self.relative[n - 1],
+            n => {
+                // Beyond the table: continue the last step linearly.
+                let last = self.relative.len();
+                let step = if last >= 2 {
+                    self.relative[last - 1] - self.relative[last - 2]
+                } else {
+                    1.0
+                };
+                self.relative[last - 1] + step * (n - last) as f64
+            }
+        }
+    }
+
+    /// Refine with a measured target pass.
+    pub fn observe_pass(&mut self, tokens: usize, ms: f64) {
+        if tokens == 0 || !ms.is_finite() || ms <= 0.0 {
+            return;
+        }
+        if tokens == 1 {
+            self.unit_ms = smooth(self.unit_ms, ms);
+        } else if tokens <= self.relative.len() {
+            let r = &mut self.relative[tokens - 1];
+            *r = smooth(*r, ms / self.unit_ms);
+        }
+    }
+
+    /// Refine with `steps` draft steps that took `ms` in all.
+    pub fn observe_draft(&mut self, steps: usize, ms: f64) {
+        if steps == 0 || !ms.is_finite() || ms < 0.0 {
+            return;
+        }
+        self.draft_step = smooth(self.draft_step, ms / steps as f64 / self.unit_ms);
+    }
+
+    /// Expected tokens and milliseconds of a round drafting `k` tokens with
+    /// conditional acceptances `acceptance` (at least `k` of them), verified
+    /// in passes of at most `chunk` tokens.
+    pub fn expected_round(&self, k: usize, acceptance: &[f64], chunk: usize) -> (f64, f64) {
+        let chunk = chunk.max(1);
+        // survive[i]: probability that the first i drafted tokens are accepted.
+        let mut survive = Vec::with_capacity(k + 1);
+        survive.push(1.0);
+        for i in 0..k {
+            let a = acceptance.get(i).copied().unwrap_or(0.0).clamp(0.0, 1.0);
+            survive.push(survive[i] * a);
+        }
+        let tokens = survive.iter().sum::<f64>();
+        let batch = k + 1;
+        let mut ms = k as f64 * self.draft_step_ms();
+        let mut start = 0;
+        while start < batch {
+            let size = chunk.min(batch - start);
+            ms += survive[start] * self.pass_ms(size);
+            start += size;
+        }
+        (tokens, ms)
+    }
+}
+
+fn smooth(old: f64, new: f64) -> f64 {
+    COST_SMOOTHING * old + (1.0 - COST_SMOOTHING) * new
+}
+
+/// Piecewise-linear value at `n` through sorted `points` (extrapolated past the last two).
+fn interpolate(points: &[(usize, f64)], n: usize) -> f64 {
+    if let Some(&(_, ms)) = points.iter().find(|&&(m, _)| m == n) {
+        return ms;
+    }
+    if points.len() < 2 {
+        return points[0].1 * n as f64;
+    }
+    let upper = points
+        .iter()
+        .position(|&(m, _)| m > n)
+        .unwrap_or(points.len())
+        .clamp(1, points.len() - 1);
+    let (lo, hi) = (points[upper - 1], points[upper]);
+    let slope = (hi.1 - lo.1) / (hi.0 - lo.0) as f64;
+    (lo.1 + slope * (n as f64 - lo.0 as f64)).max(points[0].1)
+}
+
+/// Online estimate of per-position conditional acceptance.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AcceptanceModel {
+    /// Decayed count of rounds in which position i was verified.
+    offered: Vec<f64>,
+    /// Decayed count of those in which it was accepted.
+    accepted: Vec<f64>,
+}
+
+impl AcceptanceModel {
+    /// Record a round that drafted `drafted` tokens of which the target
+    /// accepted the first `accepted`.
+    pub fn observe(&mut self, drafted: usize, accepted: usize) {
+        let accepted = accepted.min(drafted);
+        // Positions 0..accepted were accepted; the next one, if drafted, was refused.
+        let verified = (accepted + 1).min(drafted);
+        if self.offered.len() < verified {
+            self.offered.resize(verified, 0.0);
+            self.accepted.resize(verified, 0.0);
+        }
+        for i in 0..verified {
+            self.offered[i] = self.offered[i] * ACCEPTANCE_DECAY + 1.0;
+            self.accepted[i] *= ACCEPTANCE_DECAY;
+            if i < accepted {
+                self.accepted[i] += 1.0;
+            }
+        }
+    }
+
+    /// Conditional acceptance of positions 0..len. A position seldom seen
+    /// leans on the estimate of the one before it.
+    pub fn conditional(&self, len: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(len);
+        let mut prior = PRIOR_FIRST;
+        for i in 0..len {
+            let (acc, off) = match (self.accepted.get(i), self.offered.get(i)) {
+                (Some(&a), Some(&o)) => (a, o),
+                _ => (0.0, 0.0),
+            };
+            let estimate = (acc + PRIOR_WEIGHT * prior) / (off + PRIOR_WEIGHT);
+            out.push(estimate);
+            prior = estimate;
+        }
+        out
+    }
+}
+
+/// The draft length that maximises expected throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Choice {
+    /// Tokens to draft (0: plain decoding).
+    pub draft_length: usize,
+    /// Expected tokens per second at that length.
+    pub tokens_per_second: f64,
+    /// Expected tokens per second of plain decoding.
+    pub plain_tokens_per_second: f64,
+}
+
+/// Best length in `{0} ∪ [max(min, 1), max]`; ties go to the shorter draft.
+pub fn best_length(
+    cost: &CostModel,
+    acceptance: &[f64],
+    min: usize,
+    max: usize,
+    chunk: usize,
+) -> Choice {
+    let plain = rate(cost.expected_round(0, acceptance, chunk));
+    let mut best = Choice {
+        draft_length: 0,
+        tokens_per_second: plain,
+        plain_tokens_per_second: plain,
+    };
+    for k in min.max(1)..=max {
+        let r = rate(cost.expected_round(k, acceptance, chunk));
+        if r > best.tokens_per_second * (1.0 + 1e-9) {
+            best.draft_length = k;
+            best.tokens_per_second = r;
+        }
+    }
+    best
+}
+
+fn rate((tokens, ms): (f64, f64)) -> f64 {
+    if ms > 0.0 {
+        tokens * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+/// The adaptive state of one drafter for one language.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AdaptiveState {
+    acceptance: AcceptanceModel,
+    /// Plain rounds since the last speculative one.
+    plain_rounds: u32,
+    /// Plain rounds to wait before the next probe.
+    probe_interval: u32,
+    /// The last round's decision.
+    last: Option<Choice>,
+}
+
+impl AdaptiveState {
+    /// Draft length for the next round, between `min` and `max` (or 0).
+    pub fn choose(&mut self, cost: &CostModel, min: usize, max: usize, chunk: usize) -> usize {
+        let acceptance = self.acceptance.conditional(max);
+        let choice = best_length(cost, &acceptance, min, max, chunk);
+        self.last = Some(choice);
+        if choice.draft_length > 0 || max == 0 {
+            return choice.draft_length;
+        }
+        // Probe only if speculation could pay with perfect acceptance.
+        let perfect = vec![1.0; max];
+        if best_length(cost, &perfect, min, max, chunk).draft_length == 0 {
+            return 0;
+        }
+        if self.probe_interval == 0 {
+            self.probe_interval = PROBE_FIRST;
+        }
+        if self.plain_rounds < self.probe_interval {
+            return 0;
+        }
+        // The best speculative length under the current estimate.
+        let mut best = (min.max(1), f64::MIN);
+        for k in min.max(1)..=max {
+            let r = rate(cost.expected_round(k, &acceptance, chunk));
+            if r > best.1 {
+                best = (k, r);
+            }
+        }
+        best.0
+    }
+
+    /// Record the round that followed `choose`: `drafted` tokens proposed
+    /// (fewer than chosen when the drafter stopped early), `accepted` of them
+    /// accepted.
+    pub fn observe(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            self.plain_rounds = self.plain_rounds.saturating_add(1);
+            return;
+        }
+        let expected_first = self.acceptance.conditional(1)[0];
+        self.acceptance.observe(drafted, accepted);
+        let was_probe = self.last.is_some_and(|c| c.draft_length == 0);
+        // After a probe, look again soon if it did better than expected,
+        // else wait twice as long.
+        self.probe_interval = if was_probe && (accepted == 0 || (accepted as f64) < expected_first)
+        {
+            (self.probe_interval.max(PROBE_FIRST / 2) * 2).min(PROBE_LONGEST)
+        } else {
+            PROBE_FIRST
+        };
+        self.plain_rounds = 0;
+    }
+
+    /// The last decision, if any.
+    pub fn last_choice(&self) -> Option<Choice> {
+        self.last
+    }
+
+    /// Estimated conditional acceptance of positions 0..len.
+    pub fn acceptance(&self, len: usize) -> Vec<f64> {
+        self.acceptance.conditional(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Costs in the shape measured with llama-bench on a 2-core CPU:
+    /// passes of 1..6 tokens take 25/38/49/61/73/87 ms; a 0.5B draft step 14 ms.
+    fn cpu_with_cheap_batches() -> CostModel {
+        let passes = [
+            (1, 25.0),
+            (2, 38.0),
+            (3, 49.0),
+            (4, 61.0),
+            (5, 73.0),
+            (6, 87.0),
+        ];
+        CostModel::calibrated(&passes, 14.0, 8).unwrap()
+    }
+
+    /// A GPU-like shape: batches up to 16 cost about as much as one token.
+    fn gpu() -> CostModel {
+        CostModel::calibrated(&[(1, 10.0), (16, 11.0), (65, 14.0)], 1.5, 65).unwrap()
+    }
+
+    /// A CPU whose batches cost as much per token as single tokens.
+    fn linear_cpu() -> CostModel {
+        CostModel::calibrated(&[(1, 50.0), (2, 100.0), (4, 200.0), (7, 350.0)], 20.0, 7).unwrap()
+    }
+
+    #[test]
+    fn calibration_interpolates_and_extrapolates() {
+        let c = CostModel::calibrated(&[(4, 40.0), (1, 10.0), (2, 20.0)], 5.0, 8).unwrap();
+        assert_eq!(c.pass_ms(1), 10.0);
+        assert!((c.pass_ms(3) - 30.0).abs() < 1e-9);
+        assert!((c.pass_ms(8) - 80.0).abs() < 1e-9);
+        assert!((c.pass_ms(10) - 100.0).abs() < 1e-9, "beyond the table");
+        assert_eq!(c.draft_step_ms(), 5.0);
+        assert!(
+            CostModel::calibrated(&[(2, 20.0)], 5.0, 8).is_none(),
+            "needs one token"
+        );
+        assert!(CostModel::calibrated(&[], 5.0, 8).is_none());
+    }
+
+    #[test]
+    fn expected_round_counts_survival_and_lazy_passes() {
+        let c = linear_cpu();
+        let a = [0.5, 0.5, 0.5, 0.5];
+        let (tokens, _) = c.expected_round(0, &a, 7);
+        assert_eq!(tokens, 1.0);
+        let (tokens, ms) = c.expected_round(2, &a, 7);
+        assert!((tokens - 1.75).abs() < 1e-12);
+        assert!((ms - (2.0 * 20.0 + 150.0)).abs() < 1e-9);
+        // Passes of 2: the second pass (tokens 3..4) runs with probability 0.25.
+        let (_, ms) = c.expected_round(3, &a, 2);
+        assert!((ms - (3.0 * 20.0 + 100.0 + 0.25 * 100.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn plain_decoding_wins_when_batches_cost_linearly() {
+        let perfect = vec![1.0; 8];
+        let choice = best_length(&linear_cpu(), &perfect, 0, 7, 7);
+        assert_eq!(choice.draft_length, 0, "even perfect acceptance cannot pay");
+        assert!((choice.plain_tokens_per_second - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_choice_follows_acceptance_on_cheap_batches() {
+        let c = cpu_with_cheap_batches();
+        // A free drafter (n-gram) pays at decent acceptance.
+        let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
+        assert!(best_length(&free, &[0.8; 8], 0, 8, 8).draft_length > 0);
+        assert_eq!(best_length(&free, &[0.3; 8], 0, 8, 8).draft_length, 0);
+        // A 0.5B drafter at 0.56 of the target's cost does not pay even at
+        // 99 % (what llama.cpp's own draft-and-verify shows on such a CPU),
+        // a drafter at 0.2 of it does at 90 %.
+        assert_eq!(best_length(&c, &[0.99; 8], 0, 8, 8).draft_length, 0);
+        let small = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 5.0, 8).unwrap();
+        assert!(best_length(&small, &[0.9; 8], 0, 8, 8).draft_length > 0);
+    }
+
+    #[test]
+    fn gpu_costs_favour_long_drafts_at_high_acceptance() {
+        let c = gpu();
+        let long = best_length(&c, &[0.9; 16], 0, 16, 65);
+        assert!(long.draft_length >= 6, "{long:?}");
+        let short = best_length(&c, &[0.4; 16], 0, 16, 65);
+        assert!(short.draft_length < long.draft_length, "{short:?}");
+        assert!(long.tokens_per_second > long.plain_tokens_per_second);
+    }
+
+    #[test]
+    fn min_is_respected() {
+        let c = gpu();
+        let choice = best_length(&c, &[0.6; 16], 5, 16, 65);
+        assert!(choice.draft_length == 0 || choice.draft_length >= 5);
+    }
+
+    #[test]
+    fn acceptance_estimates_per_position_with_forgetting() {
+        let mut m = AcceptanceModel::default();
+        assert_eq!(m.conditional(2), vec![PRIOR_FIRST, PRIOR_FIRST]);
+        for _ in 0..200 {
+            m.observe(4, 1); // first accepted, second refused, 3rd and 4th unseen
+        }
+        let a = m.conditional(4);
+        assert!(a[0] > 0.98, "{a:?}");
+        assert!(a[1] < 0.05, "{a:?}");
+        assert_eq!(a[2], a[1], "unseen positions lean on the previous one");
+        for _ in 0..300 {
+            m.observe(1, 0);
+        }
+        assert!(m.conditional(1)[0] < 0.05, "old rounds are forgotten");
+    }
+
+    #[test]
+    fn never_probes_when_speculation_cannot_pay() {
+        let c = linear_cpu();
+        let mut state = AdaptiveState::default();
+        for _ in 0..5000 {
+            assert_eq!(state.choose(&c, 0, 7, 7), 0);
+            state.observe(0, 0);
+        }
+    }
+
+    #[test]
+    fn probes_back_off_and_switch_on_when_acceptance_rises() {
+        let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
+        let mut state = AdaptiveState::default();
+        // A drafter that is always wrong: mostly plain rounds, rarer probes.
+        let mut probes = Vec::new();
+        for round in 0..2000 {
+            let k = state.choose(&free, 0, 8, 8);
+            if k > 0 {
+                probes.push(round);
+            }
+            state.observe(k, 0);
+        }
+        assert!(probes.len() >= 3 && probes.len() < 20, "{probes:?}");
+        let gaps: Vec<_> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        // It turns good: the next probe sees it and speculation switches on.
+        let mut speculative = 0;
+        for _ in 0..3000 {
+            let k = state.choose(&free, 0, 8, 8);
+            if k > 0 {
+                speculative += 1;
+            }
+            state.observe(k, k);
+        }
+        assert!(speculative > 2000, "{speculative}");
+    }
+
+    #[test]
+    fn costs_track_load_changes() {
+        let mut c = cpu_with_cheap_batches();
+        for _ in 0..100 {
+            c.observe_pass(1, 50.0);
+        }
+        assert!((c.unit_ms() - 50.0).abs() < 0.1);
+        assert!(
+            (c.pass_ms(2) - 76.0).abs() < 0.2,
+            "larger passes scale with the unit"
+        );
+        for _ in 0..100 {
+            c.observe_pass(2, 100.0);
+        }
+        assert!((c.pass_ms(2) - 100.0).abs() < 0.5);
+        c.observe_draft(4, 80.0);
+        assert!(c.draft_step_ms() > 14.0);
+    }
+}

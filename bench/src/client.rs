@@ -1,0 +1,179 @@
+//! One streamed chat completion, timed on the client side the same way for
+//! both servers: time to the first content, time to the end, and the
+//! speculation figures each server reports.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Sampling of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// 0 is greedy.
+    pub temperature: f32,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+/// What one request measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The generated text.
+    pub text: String,
+    /// Generated tokens (as the server counts them).
+    pub completion_tokens: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Milliseconds to the first content.
+    pub ttft_ms: f64,
+    /// Milliseconds to the end of the response.
+    pub e2e_ms: f64,
+    /// Drafted tokens, when the server reports them.
+    pub draft_tokens: Option<u64>,
+    /// Accepted drafted tokens, when the server reports them.
+    pub accepted_tokens: Option<u64>,
+    /// Rounds that verified a draft, when the server reports them.
+    pub drafts: Option<u64>,
+    /// Rounds by draft length (specdec only).
+    pub rounds_by_draft_length: Vec<u64>,
+}
+
+impl Measurement {
+    /// Milliseconds after the first content (the decoding of the rest).
+    pub fn decode_ms(&self) -> f64 {
+        (self.e2e_ms - self.ttft_ms).max(0.0)
+    }
+}
+
+/// The chat request body both servers accept; `extra` adds server-specific fields.
+pub fn chat_body(
+    user: &str,
+    max_tokens: u32,
+    sampling: Sampling,
+    extra: &serde_json::Map<String, Value>,
+) -> Value {
+    let mut body = json!({
+        "model": crate::servers::MODEL_NAME,
+        "messages": [{"role": "user", "content": user}],
+        "max_tokens": max_tokens,
+        "temperature": sampling.temperature,
+        // Plain sampling from the full distribution on both servers
+        // (llama-server otherwise applies its own top-k, top-p and min-p).
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": 0.0,
+        "seed": sampling.seed,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(object) = body.as_object_mut() {
+        for (k, v) in extra {
+            object.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+/// Send `body` to `base_url`'s chat endpoint and read the stream to its end.
+pub async fn chat(
+    client: &reqwest::Client,
+    base_url: &str,
+    body: &Value,
+) -> anyhow::Result<Measurement> {
+    let started = Instant::now();
+    let mut response = client
+        .post(format!("{base_url}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {base_url}/v1/chat/completions"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        bail!("{base_url} answered {status}: {text}");
+    }
+    let mut buffer = String::new();
+    let mut pending = Vec::new();
+    let mut text = String::new();
+    let mut ttft_ms = None;
+    let mut usage = Value::Null;
+    let mut timings = Value::Null;
+    while let Some(chunk) = response.chunk().await? {
+        pending.extend_from_slice(&chunk);
+        // Only whole UTF-8 text goes to the line buffer.
+        let valid = match std::str::from_utf8(&pending) {
+            Ok(s) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        buffer.push_str(std::str::from_utf8(&pending[..valid]).unwrap_or_default());
+        pending.drain(..valid);
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let Some(data) = line.trim().strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                continue;
+            }
+            let event: Value =
+                serde_json::from_str(data).with_context(|| format!("bad event: {data}"))?;
+            if let Some(error) = event.get("error") {
+                bail!("{base_url} streamed an error: {error}");
+            }
+            let content = event
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !content.is_empty() {
+                ttft_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+                text.push_str(content);
+            }
+            if event.get("usage").is_some_and(|u| !u.is_null()) {
+                usage = event["usage"].clone();
+            }
+            if event.get("timings").is_some_and(|t| !t.is_null()) {
+                timings = event["timings"].clone();
+            }
+        }
+    }
+    let e2e_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64);
+    let completion_tokens = count(&usage, "completion_tokens")
+        .or_else(|| count(&timings, "predicted_n"))
+        .context("the server reported no completion token count")?;
+    let speculative = usage.get("speculative").cloned().unwrap_or(Value::Null);
+    let (draft_tokens, accepted_tokens, drafts) = if speculative.is_object() {
+        (
+            count(&speculative, "draft_tokens"),
+            count(&speculative, "accepted_tokens"),
+            count(&speculative, "drafts"),
+        )
+    } else {
+        (
+            count(&timings, "draft_n"),
+            count(&timings, "draft_n_accepted"),
+            None,
+        )
+    };
+    let rounds_by_draft_length = speculative
+        .get("rounds_by_draft_length")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    Ok(Measurement {
+        text,
+        completion_tokens,
+        prompt_tokens: count(&usage, "prompt_tokens")
+            .or_else(|| count(&timings, "prompt_n"))
+            .unwrap_or(0),
+        ttft_ms: ttft_ms.unwrap_or(e2e_ms),
+        e2e_ms,
+        draft_tokens,
+        accepted_tokens,
+        drafts,
+        rounds_by_draft_length,
+    })
+}

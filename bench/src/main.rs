@@ -1,0 +1,492 @@
+//! `specdec-bench`: the multilingual benchmark of specdec against llama.cpp's
+//! own server (see bench/README.md). It starts both servers on loopback with
+//! the same models, threads and slots, sends the same translate-to-English
+//! prompts to each configuration in turn, and writes JSON, Markdown and a PNG
+//! chart under the output directory.
+
+mod chart;
+mod chrf;
+mod client;
+mod corpus;
+mod modes;
+mod report;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::sync::Mutex;
+
+use crate::client::{chat, chat_body, Sampling};
+use crate::corpus::{Paragraph, Selection};
+use crate::modes::ServerKind;
+use crate::report::{LoadResult, Machine, Report, Run, Settings};
+use crate::servers::{Server, ServerSettings};
+
+/// Run the benchmark.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A short run (one paragraph per language, short outputs) that takes
+    /// under 15 minutes on a 2-core CPU.
+    #[arg(long)]
+    quick: bool,
+    /// Paragraphs per language (default: 1 quick, 3 full).
+    #[arg(long)]
+    per_language: Option<usize>,
+    /// Most tokens generated per request (default: 48 quick, 128 full).
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Languages (Debian's codes), default all eight.
+    #[arg(long, value_delimiter = ',')]
+    languages: Vec<String>,
+    /// Fixed draft lengths of the 0.5B drafter.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    fixed_lengths: Vec<u32>,
+    /// Draft length of n-gram drafting, llama-server's drafting and the upper
+    /// bound of adaptive drafting (default: the longest fixed length).
+    #[arg(long)]
+    draft_max: Option<u32>,
+    /// Temperatures (0 is greedy; others use fixed seeds).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.7")]
+    temperatures: Vec<f32>,
+    /// Concurrent clients in the load mode (empty: skip it).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    concurrency: Vec<usize>,
+    /// CPU threads per evaluation for both servers (default: all cores).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Layers offloaded to the GPU (GPU builds; 0 on CPU).
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
+    /// Context per sequence.
+    #[arg(long, default_value_t = 2048)]
+    context: u32,
+    /// The `specdec` binary.
+    #[arg(long, env = "SPECDEC_BIN")]
+    specdec: PathBuf,
+    /// llama.cpp's `llama-server` binary.
+    #[arg(long, env = "LLAMA_SERVER_BIN")]
+    llama_server: PathBuf,
+    /// Directory of the GGUF models.
+    #[arg(long, env = "SPECDEC_MODEL_DIR")]
+    model_dir: PathBuf,
+    /// The Debian Reference's HTML.
+    #[arg(long, default_value = corpus::DEFAULT_DIR)]
+    corpus_dir: PathBuf,
+    /// Font for the chart.
+    #[arg(long, default_value = chart::DEFAULT_FONT_PATH)]
+    font: PathBuf,
+    /// Where reports go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Name of the report files (default: `quick` or `full`, plus `-gpu` with GPU layers).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+const TARGET_FILE: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
+const DRAFTER_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+/// English names for the prompt.
+fn language_name(code: &str) -> &'static str {
+    match code {
+        "de" => "German",
+        "fr" => "French",
+        "es" => "Spanish",
+        "it" => "Italian",
+        "ja" => "Japanese",
+        "zh-cn" => "Chinese",
+        "pt" => "Portuguese",
+        "id" => "Indonesian",
+        _ => "the source language",
+    }
+}
+
+fn prompt(p: &Paragraph) -> String {
+    format!(
+        "Translate the following {} text into English. Reply with the translation only.\n\n{}",
+        language_name(&p.language),
+        p.source
+    )
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let started_at = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)?
+        .to_string();
+    let per_language = args.per_language.unwrap_or(if args.quick { 1 } else { 3 });
+    let max_tokens = args.max_tokens.unwrap_or(if args.quick { 48 } else { 128 });
+    let languages: Vec<String> = if args.languages.is_empty() {
+        corpus::LANGUAGES.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.languages.clone()
+    };
+    if args.fixed_lengths.is_empty() || args.fixed_lengths.contains(&0) {
+        bail!("--fixed-lengths needs lengths of at least 1");
+    }
+    let draft_max = args
+        .draft_max
+        .unwrap_or_else(|| args.fixed_lengths.iter().copied().max().unwrap_or(4));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let slots = args.concurrency.iter().copied().max().unwrap_or(1).max(1);
+    for (what, path) in [
+        ("specdec", &args.specdec),
+        ("llama-server", &args.llama_server),
+        ("the chart font", &args.font),
+    ] {
+        if !path.is_file() {
+            bail!(
+                "{what}: {} does not exist (run bench/setup)",
+                path.display()
+            );
+        }
+    }
+    let settings = ServerSettings {
+        target: args.model_dir.join(TARGET_FILE),
+        drafter: args.model_dir.join(DRAFTER_FILE),
+        threads,
+        slots,
+        context: args.context,
+        draft_max,
+        gpu_layers: args.gpu_layers,
+    };
+    for model in [&settings.target, &settings.drafter] {
+        if !model.is_file() {
+            bail!("{} is missing (run scripts/fetch-models)", model.display());
+        }
+    }
+
+    let language_refs: Vec<&str> = languages.iter().map(String::as_str).collect();
+    let paragraphs = corpus::extract(
+        &args.corpus_dir,
+        &language_refs,
+        &Selection::new(per_language),
+    )
+    .context("cannot build the corpus")?;
+    tracing::info!(paragraphs = paragraphs.len(), "corpus ready");
+
+    let work_dir = args.out.join("tmp");
+    std::fs::create_dir_all(&work_dir)?;
+    let iso: Vec<String> = {
+        let mut v: Vec<String> = paragraphs.iter().map(|p| p.iso639_1.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let registry = servers::registry(&settings, &iso);
+    let specdec = servers::start_specdec(&args.specdec, &registry, &settings, &work_dir)?;
+    let llama = servers::start_llama_server(&args.llama_server, &settings, false, &work_dir)?;
+    let llama_draft = servers::start_llama_server(&args.llama_server, &settings, true, &work_dir)?;
+    let server_of = |kind: ServerKind| -> &Server {
+        match kind {
+            ServerKind::Specdec => &specdec,
+            ServerKind::LlamaServer => &llama,
+            ServerKind::LlamaServerDraft => &llama_draft,
+        }
+    };
+
+    let modes = modes::modes(&args.fixed_lengths, draft_max);
+    // A fresh connection per request: llama-server may close idle ones.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    // One unmeasured request per server warms caches and threads.
+    for server in [&specdec, &llama, &llama_draft] {
+        let body = chat_body(
+            "Say hello.",
+            8,
+            Sampling {
+                temperature: 0.0,
+                seed: 0,
+            },
+            &Default::default(),
+        );
+        chat(&client, &server.base_url, &body)
+            .await
+            .with_context(|| format!("warm-up of {}:\n{}", server.name, server.log_tail()))?;
+    }
+
+    let mut runs = Vec::new();
+    let total = paragraphs.len() * args.temperatures.len() * modes.len();
+    for (index, paragraph) in paragraphs.iter().enumerate() {
+        for &temperature in &args.temperatures {
+            let sampling = Sampling {
+                temperature,
+                seed: 1000 + index as u64,
+            };
+            for mode in modes::measurement_order(&modes) {
+                let server = server_of(mode.server);
+                let body = chat_body(
+                    &prompt(paragraph),
+                    max_tokens,
+                    sampling,
+                    &mode.request_fields(&paragraph.iso639_1),
+                );
+                let measurement =
+                    chat(&client, &server.base_url, &body)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "{} on {}:\n{}",
+                                mode.name,
+                                paragraph.origin,
+                                server.log_tail()
+                            )
+                        })?;
+                tracing::info!(
+                    done = runs.len() + 1,
+                    total,
+                    language = %paragraph.language,
+                    temperature,
+                    mode = %mode.name,
+                    tokens = measurement.completion_tokens,
+                    e2e_ms = measurement.e2e_ms as u64,
+                    "measured"
+                );
+                runs.push(Run {
+                    language: paragraph.language.clone(),
+                    origin: paragraph.origin.clone(),
+                    temperature,
+                    mode: mode.name.clone(),
+                    chrf: chrf::chrf(&measurement.text, &paragraph.reference),
+                    measurement,
+                    reference: paragraph.reference.clone(),
+                });
+            }
+        }
+    }
+
+    let mut load = Vec::new();
+    for (name, server, fields) in [
+        ("specdec (adaptive)", &specdec, true),
+        ("llama-server", &llama, false),
+        (
+            &*format!("llama-server -md k={draft_max}"),
+            &llama_draft,
+            false,
+        ),
+    ] {
+        for &concurrency in &args.concurrency {
+            let result = load_run(
+                &client,
+                server,
+                name,
+                concurrency,
+                &paragraphs,
+                max_tokens,
+                fields,
+            )
+            .await?;
+            tracing::info!(
+                server = name,
+                concurrency,
+                tokens_per_second = result.aggregate_tokens_per_second,
+                "load"
+            );
+            load.push(result);
+        }
+    }
+    drop((specdec, llama, llama_draft));
+
+    let summaries = report::summarize(&runs, &modes, &languages, &args.temperatures);
+    let report = Report {
+        started: started_at,
+        duration_s: started.elapsed().as_secs_f64(),
+        machine: machine(&args.llama_server),
+        settings: Settings {
+            quick: args.quick,
+            per_language,
+            max_tokens,
+            temperatures: args.temperatures.clone(),
+            fixed_lengths: args.fixed_lengths.clone(),
+            draft_max,
+            threads,
+            gpu_layers: args.gpu_layers,
+            concurrency: args.concurrency.clone(),
+        },
+        modes,
+        languages,
+        summaries,
+        load,
+        runs,
+    };
+    let name = args.name.clone().unwrap_or_else(|| {
+        let base = if args.quick { "quick" } else { "full" };
+        if args.gpu_layers > 0 {
+            format!("{base}-gpu")
+        } else {
+            base.into()
+        }
+    });
+    std::fs::create_dir_all(&args.out)?;
+    let json_path = args.out.join(format!("{name}.json"));
+    let md_path = args.out.join(format!("{name}.md"));
+    let png_path = args.out.join(format!("{name}.png"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(&md_path, report::markdown(&report))?;
+    report::chart(&report, &args.font, &png_path)?;
+    println!("{}", report::markdown(&report));
+    eprintln!(
+        "wrote {}, {} and {} in {:.0} s",
+        json_path.display(),
+        md_path.display(),
+        png_path.display(),
+        report.duration_s
+    );
+    Ok(())
+}
+
+/// `concurrency` clients send greedy requests (one each, at least two in all)
+/// from a shared queue; aggregate throughput and latency percentiles.
+async fn load_run(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    concurrency: usize,
+    paragraphs: &[Paragraph],
+    max_tokens: u32,
+    specdec_fields: bool,
+) -> anyhow::Result<LoadResult> {
+    let requests = concurrency.max(2);
+    let queue: Vec<serde_json::Value> = (0..requests)
+        .map(|i| {
+            let p = &paragraphs[i % paragraphs.len()];
+            let mut fields = serde_json::Map::new();
+            if specdec_fields {
+                fields.insert("language".into(), p.iso639_1.clone().into());
+            } else {
+                fields.insert("cache_prompt".into(), false.into());
+            }
+            chat_body(
+                &prompt(p),
+                max_tokens,
+                Sampling {
+                    temperature: 0.0,
+                    seed: i as u64,
+                },
+                &fields,
+            )
+        })
+        .collect();
+    let queue = Arc::new(Mutex::new(queue));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let queue = Arc::clone(&queue);
+        let client = client.clone();
+        let url = server.base_url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let Some(body) = queue.lock().await.pop() else {
+                    return Ok::<_, anyhow::Error>(done);
+                };
+                done.push(chat(&client, &url, &body).await?);
+            }
+        }));
+    }
+    let mut measurements = Vec::new();
+    for task in tasks {
+        measurements.extend(task.await.context("a load client panicked")??);
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let tokens: u64 = measurements.iter().map(|m| m.completion_tokens).sum();
+    let latencies: Vec<f64> = measurements.iter().map(|m| m.e2e_ms).collect();
+    Ok(LoadResult {
+        server: name.into(),
+        concurrency,
+        requests: measurements.len(),
+        tokens,
+        wall_s,
+        aggregate_tokens_per_second: tokens as f64 / wall_s.max(1e-9),
+        p50_ms: report::percentile(&latencies, 50.0),
+        p95_ms: report::percentile(&latencies, 95.0),
+    })
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Some(text.trim().to_string())
+}
+
+/// The machine and software this run measures.
+fn machine(llama_server: &Path) -> Machine {
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
+        .map_or_else(
+            || std::env::consts::ARCH.to_string(),
+            |s| s.trim().to_string(),
+        );
+    let memory_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let gpus = command_output("nvidia-smi", &["--query-gpu=name", "--format=csv,noheader"])
+        .map(|s| {
+            s.lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty() && !l.contains("failed"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let commit = command_output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
+    let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    let llama_version = command_output(&llama_server.to_string_lossy(), &["--version"])
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.contains("version"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_gib,
+        gpus,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        commit: if dirty {
+            format!("{commit}-dirty")
+        } else {
+            commit
+        },
+        llama_server: llama_version,
+    }
+}

@@ -1,0 +1,713 @@
+//! Results: every request measured, summaries per language, mode and
+//! temperature, the load runs, and their rendering as JSON, Markdown and PNG.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chart::{BarChart, Series};
+use crate::client::Measurement;
+use crate::modes::{Drafting, Mode};
+
+/// Adaptive drafting must reach this fraction of target-only speed.
+pub const ADAPTIVE_FLOOR: f64 = 0.97;
+/// Where a configuration beats target-only, adaptive must be within this of the best.
+pub const ADAPTIVE_TOLERANCE: f64 = 0.05;
+
+/// One measured request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    /// Debian's language code.
+    pub language: String,
+    /// Where the paragraph comes from.
+    pub origin: String,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Mode name.
+    pub mode: String,
+    /// What was measured.
+    pub measurement: Measurement,
+    /// The English original of the paragraph.
+    pub reference: String,
+    /// Sentence-level chrF of the output against it.
+    pub chrf: f64,
+}
+
+/// Figures of one mode for one language and temperature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// Debian's language code.
+    pub language: String,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Mode name.
+    pub mode: String,
+    /// Requests.
+    pub requests: usize,
+    /// Generated tokens after the first, per second after the first.
+    pub decode_tokens_per_second: f64,
+    /// Mean end-to-end latency, milliseconds.
+    pub e2e_ms: f64,
+    /// Mean time to the first token, milliseconds.
+    pub ttft_ms: f64,
+    /// Accepted / drafted tokens.
+    pub acceptance: Option<f64>,
+    /// Mean accepted length τ: 1 + accepted / drafts.
+    pub tau: Option<f64>,
+    /// Decode speed over specdec's target-only decode speed in this run.
+    pub speedup: f64,
+    /// End-to-end latency of target-only over this mode's.
+    pub e2e_speedup: f64,
+    /// Greedy only: outputs equal to their server's target-only output, and of how many.
+    pub exact: Option<(usize, usize)>,
+    /// Corpus-level chrF of the outputs against the English originals.
+    pub chrf: f64,
+    /// Share of rounds by draft length (adaptive only).
+    pub draft_length_share: Vec<f64>,
+}
+
+/// A load run: concurrent clients against one server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadResult {
+    /// Server configuration.
+    pub server: String,
+    /// Concurrent clients (and parallel slots of the server).
+    pub concurrency: usize,
+    /// Requests completed.
+    pub requests: usize,
+    /// Generated tokens in all.
+    pub tokens: u64,
+    /// Seconds from the first request to the last response.
+    pub wall_s: f64,
+    /// tokens / wall_s.
+    pub aggregate_tokens_per_second: f64,
+    /// Median end-to-end latency, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile end-to-end latency, milliseconds.
+    pub p95_ms: f64,
+}
+
+/// The machine and software a report was measured on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPU model.
+    pub cpu: String,
+    /// Logical cores.
+    pub cores: usize,
+    /// Memory in GiB.
+    pub memory_gib: f64,
+    /// GPUs, if any.
+    pub gpus: Vec<String>,
+    /// Operating system kernel.
+    pub kernel: String,
+    /// Commit of this repository (with `-dirty` for local changes).
+    pub commit: String,
+    /// llama-server's version line.
+    pub llama_server: String,
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Quick mode.
+    pub quick: bool,
+    /// Paragraphs per language.
+    pub per_language: usize,
+    /// Most generated tokens per request.
+    pub max_tokens: u32,
+    /// Temperatures measured (0: greedy).
+    pub temperatures: Vec<f32>,
+    /// Fixed draft lengths measured.
+    pub fixed_lengths: Vec<u32>,
+    /// Draft length of n-gram, llama-server and adaptive's upper bound.
+    pub draft_max: u32,
+    /// CPU threads per evaluation, both servers.
+    pub threads: u32,
+    /// Layers offloaded to a GPU.
+    pub gpu_layers: u32,
+    /// Concurrency levels of the load mode.
+    pub concurrency: Vec<usize>,
+}
+
+/// A whole benchmark report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// When it started (UTC, RFC 3339).
+    pub started: String,
+    /// Seconds it took.
+    pub duration_s: f64,
+    /// Where it ran.
+    pub machine: Machine,
+    /// How it ran.
+    pub settings: Settings,
+    /// The modes, in table order.
+    pub modes: Vec<Mode>,
+    /// Languages, in table order.
+    pub languages: Vec<String>,
+    /// Per language, mode and temperature.
+    pub summaries: Vec<Summary>,
+    /// The load runs.
+    pub load: Vec<LoadResult>,
+    /// Every request.
+    pub runs: Vec<Run>,
+}
+
+/// Summaries of `runs` per language, temperature and mode.
+pub fn summarize(
+    runs: &[Run],
+    modes: &[Mode],
+    languages: &[String],
+    temperatures: &[f32],
+) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for language in languages {
+        for &temperature in temperatures {
+            let of = |mode: &str| -> Vec<&Run> {
+                runs.iter()
+                    .filter(|r| {
+                        &r.language == language && r.temperature == temperature && r.mode == mode
+                    })
+                    .collect()
+            };
+            let Some(baseline) = modes.iter().find(|m| m.is_baseline()) else {
+                continue;
+            };
+            let base = of(&baseline.name);
+            let base_tps = decode_rate(&base);
+            let base_e2e = mean(base.iter().map(|r| r.measurement.e2e_ms));
+            for mode in modes {
+                let these = of(&mode.name);
+                if these.is_empty() {
+                    continue;
+                }
+                let tps = decode_rate(&these);
+                let e2e = mean(these.iter().map(|r| r.measurement.e2e_ms));
+                let drafted: Option<u64> = these.iter().map(|r| r.measurement.draft_tokens).sum();
+                let accepted: Option<u64> =
+                    these.iter().map(|r| r.measurement.accepted_tokens).sum();
+                let drafts: Option<u64> = these.iter().map(|r| r.measurement.drafts).sum();
+                let acceptance = match (accepted, drafted) {
+                    (Some(a), Some(d)) if d > 0 => Some(a as f64 / d as f64),
+                    _ => None,
+                };
+                let tau = match (accepted, drafts) {
+                    (Some(a), Some(n)) if n > 0 => Some(1.0 + a as f64 / n as f64),
+                    _ => None,
+                };
+                let exact = (temperature == 0.0 && mode.must_match_target()).then(|| {
+                    let reference = modes
+                        .iter()
+                        .find(|m| m.server_baseline_of(mode))
+                        .map(|m| of(&m.name))
+                        .unwrap_or_default();
+                    let matched = these
+                        .iter()
+                        .filter(|r| {
+                            reference.iter().any(|b| {
+                                b.origin == r.origin && b.measurement.text == r.measurement.text
+                            })
+                        })
+                        .count();
+                    (matched, these.len())
+                });
+                let pairs: Vec<(String, String)> = these
+                    .iter()
+                    .map(|r| (r.measurement.text.clone(), r.reference.clone()))
+                    .collect();
+                let mut lengths: Vec<u64> = Vec::new();
+                for r in &these {
+                    for (k, &n) in r.measurement.rounds_by_draft_length.iter().enumerate() {
+                        if lengths.len() <= k {
+                            lengths.resize(k + 1, 0);
+                        }
+                        lengths[k] += n;
+                    }
+                }
+                let rounds: u64 = lengths.iter().sum();
+                let draft_length_share = if mode.drafting == Drafting::Adaptive && rounds > 0 {
+                    lengths.iter().map(|&n| n as f64 / rounds as f64).collect()
+                } else {
+                    Vec::new()
+                };
+                out.push(Summary {
+                    language: language.clone(),
+                    temperature,
+                    mode: mode.name.clone(),
+                    requests: these.len(),
+                    decode_tokens_per_second: tps,
+                    e2e_ms: e2e,
+                    ttft_ms: mean(these.iter().map(|r| r.measurement.ttft_ms)),
+                    acceptance,
+                    tau,
+                    speedup: ratio(tps, base_tps),
+                    e2e_speedup: ratio(base_e2e, e2e),
+                    exact,
+                    chrf: crate::chrf::corpus_chrf(&pairs),
+                    draft_length_share,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl Mode {
+    /// Whether `self` is the target-only mode of `other`'s server family
+    /// (specdec's for specdec modes, llama-server's for llama-server's).
+    fn server_baseline_of(&self, other: &Mode) -> bool {
+        use crate::modes::ServerKind::*;
+        self.drafting == Drafting::None
+            && matches!(
+                (self.server, other.server),
+                (Specdec, Specdec) | (LlamaServer, LlamaServer | LlamaServerDraft)
+            )
+    }
+}
+
+fn decode_rate(runs: &[&Run]) -> f64 {
+    let tokens: f64 = runs
+        .iter()
+        .map(|r| r.measurement.completion_tokens.saturating_sub(1) as f64)
+        .sum();
+    let ms: f64 = runs.iter().map(|r| r.measurement.decode_ms()).sum();
+    ratio(tokens * 1000.0, ms)
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// Percentile `p` (0..=100) of `values` by nearest rank.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The verdicts the issue asks for, per language and temperature.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    /// Language.
+    pub language: String,
+    /// Temperature.
+    pub temperature: f32,
+    /// Adaptive over target-only decode speed.
+    pub adaptive_vs_target: f64,
+    /// Adaptive over llama-server's speculative decode speed.
+    pub adaptive_vs_llama_server_draft: Option<f64>,
+    /// The fastest specdec configuration other than adaptive, and its speedup.
+    pub best_fixed: (String, f64),
+    /// Adaptive over that configuration, when it beats target-only.
+    pub adaptive_vs_best: Option<f64>,
+    /// Whether all of the above hold.
+    pub pass: bool,
+}
+
+/// Check adaptive drafting against target-only, llama-server and the best fixed configuration.
+pub fn checks(summaries: &[Summary], modes: &[Mode]) -> Vec<Check> {
+    let mut groups: BTreeMap<(String, String), Vec<&Summary>> = BTreeMap::new();
+    for s in summaries {
+        groups
+            .entry((s.language.clone(), format!("{:.2}", s.temperature)))
+            .or_default()
+            .push(s);
+    }
+    let name_of =
+        |pred: &dyn Fn(&Mode) -> bool| modes.iter().find(|m| pred(m)).map(|m| m.name.clone());
+    let adaptive = name_of(&|m| m.drafting == Drafting::Adaptive);
+    let llama_draft = name_of(&|m| matches!(m.drafting, Drafting::LlamaServer(_)));
+    let mut out = Vec::new();
+    for group in groups.values() {
+        let get = |name: &Option<String>| {
+            name.as_ref()
+                .and_then(|n| group.iter().find(|s| &s.mode == n))
+                .copied()
+        };
+        let Some(a) = get(&adaptive) else { continue };
+        let llama = get(&llama_draft);
+        let best = group
+            .iter()
+            .filter(|s| {
+                modes.iter().any(|m| {
+                    m.name == s.mode
+                        && m.server == crate::modes::ServerKind::Specdec
+                        && m.drafting != Drafting::Adaptive
+                })
+            })
+            .max_by(|x, y| x.speedup.total_cmp(&y.speedup));
+        let Some(best) = best else { continue };
+        let vs_llama = llama.map(|l| ratio(a.decode_tokens_per_second, l.decode_tokens_per_second));
+        let vs_best = (best.speedup > 1.0).then(|| ratio(a.speedup, best.speedup));
+        let pass = a.speedup >= ADAPTIVE_FLOOR
+            && vs_llama.is_none_or(|r| r >= 1.0)
+            && vs_best.is_none_or(|r| r >= 1.0 - ADAPTIVE_TOLERANCE);
+        out.push(Check {
+            language: a.language.clone(),
+            temperature: a.temperature,
+            adaptive_vs_target: a.speedup,
+            adaptive_vs_llama_server_draft: vs_llama,
+            best_fixed: (best.mode.clone(), best.speedup),
+            adaptive_vs_best: vs_best,
+            pass,
+        });
+    }
+    out
+}
+
+fn temperature_label(t: f32) -> String {
+    if t == 0.0 {
+        "greedy".into()
+    } else {
+        format!("T={t}")
+    }
+}
+
+/// The report as Markdown.
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let m = &report.machine;
+    let s = &report.settings;
+    let _ = writeln!(
+        md,
+        "# specdec benchmark{}\n",
+        if s.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "- started {} · {:.0} s · commit `{}`\n- machine: {} ({} cores, {:.0} GiB){} · kernel {}\n- llama-server: {}\n- {} paragraph(s) per language from the Debian Reference, translate-to-English chat prompts, at most {} tokens, temperatures {:?}, {} thread(s), draft length {} (fixed lengths {:?}), {} GPU layer(s)\n",
+        report.started,
+        report.duration_s,
+        m.commit,
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        if m.gpus.is_empty() { String::new() } else { format!(", GPU {}", m.gpus.join(", ")) },
+        m.kernel,
+        m.llama_server,
+        s.per_language,
+        s.max_tokens,
+        s.temperatures,
+        s.threads,
+        s.draft_max,
+        s.fixed_lengths,
+        s.gpu_layers,
+    );
+    let find = |lang: &str, t: f32, mode: &str| {
+        report
+            .summaries
+            .iter()
+            .find(|x| x.language == lang && x.temperature == t && x.mode == mode)
+    };
+    for &t in &s.temperatures {
+        let _ = writeln!(
+            md,
+            "## Decode tokens/s and speedup over specdec target-only, {}\n",
+            temperature_label(t)
+        );
+        let _ = write!(md, "| language |");
+        for mode in &report.modes {
+            let _ = write!(md, " {} |", mode.name);
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(report.modes.len()));
+        for lang in &report.languages {
+            let _ = write!(md, "| {lang} |");
+            for mode in &report.modes {
+                match find(lang, t, &mode.name) {
+                    Some(x) => {
+                        let _ = write!(
+                            md,
+                            " {:.1} ({:.2}×) |",
+                            x.decode_tokens_per_second, x.speedup
+                        );
+                    }
+                    None => {
+                        let _ = write!(md, " – |");
+                    }
+                }
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "### Acceptance, τ, end-to-end latency, exactness and chrF, {}\n",
+            temperature_label(t)
+        );
+        let _ = writeln!(md, "| language | mode | acceptance | τ | e2e ms | e2e speedup | TTFT ms | exact | chrF | adaptive rounds by k |");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        for lang in &report.languages {
+            for mode in &report.modes {
+                let Some(x) = find(lang, t, &mode.name) else {
+                    continue;
+                };
+                let opt = |v: Option<f64>, p: usize| v.map_or("–".into(), |v| format!("{v:.p$}"));
+                let exact = x.exact.map_or("–".into(), |(a, b)| format!("{a}/{b}"));
+                let share = x
+                    .draft_length_share
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v > 0.0)
+                    .map(|(k, v)| format!("{k}: {:.0} %", v * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(
+                    md,
+                    "| {lang} | {} | {} | {} | {:.0} | {:.2}× | {:.0} | {exact} | {:.1} | {share} |",
+                    mode.name,
+                    opt(x.acceptance, 2),
+                    opt(x.tau, 2),
+                    x.e2e_ms,
+                    x.e2e_speedup,
+                    x.ttft_ms,
+                    x.chrf,
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+    let checks = checks(&report.summaries, &report.modes);
+    let _ = writeln!(md, "## Adaptive drafting: checks\n");
+    let _ = writeln!(
+        md,
+        "Adaptive must reach {ADAPTIVE_FLOOR}× target-only, at least llama-server's speculative speed, and, where some fixed configuration beats target-only, come within {:.0} % of the best one.\n",
+        ADAPTIVE_TOLERANCE * 100.0
+    );
+    let _ = writeln!(md, "| language | sampling | adaptive / target | adaptive / llama-server -md | best other specdec config | adaptive / best (if best > 1×) | pass |");
+    let _ = writeln!(md, "|---|---|---:|---:|---|---:|---|");
+    for c in &checks {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {} | {} ({:.2}×) | {} | {} |",
+            c.language,
+            temperature_label(c.temperature),
+            c.adaptive_vs_target,
+            c.adaptive_vs_llama_server_draft
+                .map_or("–".into(), |v| format!("{v:.3}")),
+            c.best_fixed.0,
+            c.best_fixed.1,
+            c.adaptive_vs_best.map_or("–".into(), |v| format!("{v:.3}")),
+            if c.pass { "yes" } else { "**no**" },
+        );
+    }
+    let _ = writeln!(md);
+    if !report.load.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Load: concurrent clients, greedy, same number of parallel slots\n"
+        );
+        let _ = writeln!(
+            md,
+            "| server | clients | requests | tokens | aggregate tokens/s | p50 ms | p95 ms |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        for l in &report.load {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} |",
+                l.server,
+                l.concurrency,
+                l.requests,
+                l.tokens,
+                l.aggregate_tokens_per_second,
+                l.p50_ms,
+                l.p95_ms
+            );
+        }
+        let _ = writeln!(md);
+    }
+    md
+}
+
+/// Draw the speedup charts (one per temperature) and the load chart.
+pub fn chart(report: &Report, font: &Path, path: &Path) -> anyhow::Result<()> {
+    let mut charts = Vec::new();
+    for &t in &report.settings.temperatures {
+        let series = report
+            .modes
+            .iter()
+            .map(|mode| Series {
+                name: mode.name.clone(),
+                values: report
+                    .languages
+                    .iter()
+                    .map(|lang| {
+                        report
+                            .summaries
+                            .iter()
+                            .find(|x| {
+                                &x.language == lang && x.temperature == t && x.mode == mode.name
+                            })
+                            .map(|x| x.speedup)
+                    })
+                    .collect(),
+            })
+            .collect();
+        charts.push(BarChart {
+            title: format!(
+                "Decode speed over specdec target-only, {} ({})",
+                temperature_label(t),
+                report.machine.cpu
+            ),
+            y_label: "speedup (×)".into(),
+            categories: report.languages.clone(),
+            series,
+            reference_line: Some(1.0),
+        });
+    }
+    if !report.load.is_empty() {
+        let mut levels: Vec<usize> = report.load.iter().map(|l| l.concurrency).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let mut servers: Vec<String> = Vec::new();
+        for l in &report.load {
+            if !servers.contains(&l.server) {
+                servers.push(l.server.clone());
+            }
+        }
+        let series = servers
+            .iter()
+            .map(|server| Series {
+                name: server.clone(),
+                values: levels
+                    .iter()
+                    .map(|&c| {
+                        report
+                            .load
+                            .iter()
+                            .find(|l| &l.server == server && l.concurrency == c)
+                            .map(|l| l.aggregate_tokens_per_second)
+                    })
+                    .collect(),
+            })
+            .collect();
+        charts.push(BarChart {
+            title: "Load: aggregate tokens/s by concurrent clients".into(),
+            y_label: "tokens/s".into(),
+            categories: levels.iter().map(|c| format!("{c} clients")).collect(),
+            series,
+            reference_line: None,
+        });
+    }
+    crate::chart::render_png(&charts, font, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modes::modes;
+
+    fn run(lang: &str, mode: &str, text: &str, tokens: u64, ttft: f64, e2e: f64) -> Run {
+        Run {
+            language: lang.into(),
+            origin: "ch01#1".into(),
+            temperature: 0.0,
+            mode: mode.into(),
+            measurement: Measurement {
+                text: text.into(),
+                completion_tokens: tokens,
+                prompt_tokens: 50,
+                ttft_ms: ttft,
+                e2e_ms: e2e,
+                draft_tokens: Some(10),
+                accepted_tokens: Some(5),
+                drafts: Some(5),
+                rounds_by_draft_length: vec![3, 1],
+            },
+            reference: "Hello".into(),
+            chrf: 100.0,
+        }
+    }
+
+    #[test]
+    fn summaries_give_speedups_exactness_and_checks() {
+        let modes = modes(&[2], 4);
+        let runs = vec![
+            run("de", "target", "Hello", 11, 100.0, 1100.0), // 10 tokens in 1 s
+            run("de", "k=2", "Hello", 11, 100.0, 2100.0),    // 0.5×
+            run("de", "ngram k=4", "Hullo", 11, 100.0, 600.0), // 2×, but not exact
+            run("de", "adaptive", "Hello", 11, 100.0, 650.0),
+            run("de", "llama-server", "Hi", 11, 100.0, 1100.0),
+            run("de", "llama-server -md k=4", "Hi", 11, 100.0, 1600.0),
+        ];
+        let s = summarize(&runs, &modes, &["de".into()], &[0.0]);
+        let get = |m: &str| s.iter().find(|x| x.mode == m).unwrap();
+        assert!((get("target").decode_tokens_per_second - 10.0).abs() < 1e-9);
+        assert!((get("k=2").speedup - 0.5).abs() < 1e-9);
+        assert_eq!(get("k=2").exact, Some((1, 1)));
+        assert_eq!(get("ngram k=4").exact, Some((0, 1)));
+        assert_eq!(
+            get("llama-server -md k=4").exact,
+            Some((1, 1)),
+            "against llama-server's own"
+        );
+        assert_eq!(get("target").exact, None);
+        assert_eq!(get("adaptive").acceptance, Some(0.5));
+        assert_eq!(get("adaptive").tau, Some(2.0));
+        assert_eq!(get("adaptive").draft_length_share, vec![0.75, 0.25]);
+        let c = &checks(&s, &modes)[0];
+        assert_eq!(c.best_fixed.0, "ngram k=4");
+        assert!((c.adaptive_vs_best.unwrap() - 1.0 / 1.1).abs() < 1e-9);
+        assert!(!c.pass, "adaptive is 9 % behind the best configuration");
+        let md = markdown(&Report {
+            started: "now".into(),
+            duration_s: 1.0,
+            machine: Machine {
+                cpu: "cpu".into(),
+                cores: 2,
+                memory_gib: 24.0,
+                gpus: vec![],
+                kernel: "k".into(),
+                commit: "abc".into(),
+                llama_server: "v".into(),
+            },
+            settings: Settings {
+                quick: true,
+                per_language: 1,
+                max_tokens: 48,
+                temperatures: vec![0.0],
+                fixed_lengths: vec![2],
+                draft_max: 4,
+                threads: 2,
+                gpu_layers: 0,
+                concurrency: vec![],
+            },
+            modes: modes.clone(),
+            languages: vec!["de".into()],
+            summaries: s.clone(),
+            load: vec![],
+            runs,
+        });
+        assert!(md.contains("| de | 10.0 (1.00×) | 5.0 (0.50×) |"), "{md}");
+        assert!(md.contains("**no**"));
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 10.0);
+        assert_eq!(percentile(&v, 95.0), 19.0);
+        assert_eq!(percentile(&[3.0], 95.0), 3.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}
