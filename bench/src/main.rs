@@ -11,6 +11,7 @@ mod corpus;
 mod modes;
 mod report;
 mod servers;
+mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::corpus::{Paragraph, Selection};
 use crate::modes::ServerKind;
 use crate::report::{LoadResult, Machine, Report, Run, Settings};
 use crate::servers::{Server, ServerSettings};
+use crate::tasks::Task;
 
 /// Run the benchmark.
 #[derive(Debug, Parser)]
@@ -37,7 +39,7 @@ struct Args {
     /// Paragraphs per language (default: 1 quick, 3 full).
     #[arg(long)]
     per_language: Option<usize>,
-    /// Most tokens generated per request (default: 48 quick, 128 full).
+    /// Most tokens generated per request (default: 40 quick, 128 full).
     #[arg(long)]
     max_tokens: Option<u32>,
     /// Languages (Debian's codes), default all eight.
@@ -50,9 +52,15 @@ struct Args {
     /// bound of adaptive drafting (default: the longest fixed length).
     #[arg(long)]
     draft_max: Option<u32>,
-    /// Temperatures (0 is greedy; others use fixed seeds).
+    /// Tasks measured.
+    #[arg(long, value_delimiter = ',', default_value = "translate,proofread")]
+    tasks: Vec<Task>,
+    /// Temperatures of the translation task (0 is greedy; others use fixed seeds).
     #[arg(long, value_delimiter = ',', default_value = "0,0.7")]
     temperatures: Vec<f32>,
+    /// Temperatures of the proofreading task.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    proofread_temperatures: Vec<f32>,
     /// Concurrent clients in the load mode (empty: skip it).
     #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
     concurrency: Vec<usize>,
@@ -106,36 +114,13 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-/// English names for the prompt.
-fn language_name(code: &str) -> &'static str {
-    match code {
-        "de" => "German",
-        "fr" => "French",
-        "es" => "Spanish",
-        "it" => "Italian",
-        "ja" => "Japanese",
-        "zh-cn" => "Chinese",
-        "pt" => "Portuguese",
-        "id" => "Indonesian",
-        _ => "the source language",
-    }
-}
-
-fn prompt(p: &Paragraph) -> String {
-    format!(
-        "Translate the following {} text into English. Reply with the translation only.\n\n{}",
-        language_name(&p.language),
-        p.source
-    )
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_at = jiff::Timestamp::now()
         .round(jiff::Unit::Second)?
         .to_string();
     let per_language = args.per_language.unwrap_or(if args.quick { 1 } else { 3 });
-    let max_tokens = args.max_tokens.unwrap_or(if args.quick { 48 } else { 128 });
+    let max_tokens = args.max_tokens.unwrap_or(if args.quick { 40 } else { 128 });
     let languages: Vec<String> = if args.languages.is_empty() {
         corpus::LANGUAGES.iter().map(|s| s.to_string()).collect()
     } else {
@@ -228,18 +213,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("warm-up of {}:\n{}", server.name, server.log_tail()))?;
     }
 
+    let plan: Vec<(Task, f32)> = args
+        .tasks
+        .iter()
+        .flat_map(|&task| {
+            let temperatures = match task {
+                Task::Translate => &args.temperatures,
+                Task::Proofread => &args.proofread_temperatures,
+            };
+            temperatures.iter().map(move |&t| (task, t))
+        })
+        .collect();
     let mut runs = Vec::new();
-    let total = paragraphs.len() * args.temperatures.len() * modes.len();
-    for (index, paragraph) in paragraphs.iter().enumerate() {
-        for &temperature in &args.temperatures {
+    let total = paragraphs.len() * plan.len() * modes.len();
+    for &(task, temperature) in &plan {
+        for (index, paragraph) in paragraphs.iter().enumerate() {
             let sampling = Sampling {
                 temperature,
                 seed: 1000 + index as u64,
             };
+            let user = task.prompt(paragraph);
+            let reference = task.reference(paragraph);
             for mode in modes::measurement_order(&modes) {
                 let server = server_of(mode.server);
                 let body = chat_body(
-                    &prompt(paragraph),
+                    &user,
                     max_tokens,
                     sampling,
                     &mode.request_fields(&paragraph.iso639_1),
@@ -258,6 +256,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::info!(
                     done = runs.len() + 1,
                     total,
+                    task = task.name(),
                     language = %paragraph.language,
                     temperature,
                     mode = %mode.name,
@@ -266,27 +265,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     "measured"
                 );
                 runs.push(Run {
+                    task,
                     language: paragraph.language.clone(),
                     origin: paragraph.origin.clone(),
                     temperature,
                     mode: mode.name.clone(),
-                    chrf: chrf::chrf(&measurement.text, &paragraph.reference),
+                    chrf: chrf::chrf(&measurement.text, reference),
                     measurement,
-                    reference: paragraph.reference.clone(),
+                    reference: reference.to_string(),
                 });
             }
         }
     }
 
     let mut load = Vec::new();
+    // llama-server's drafting is left out of the load runs: on CPU it is
+    // far slower than its plain decoding (see the per-language tables).
     for (name, server, fields) in [
         ("specdec (adaptive)", &specdec, true),
         ("llama-server", &llama, false),
-        (
-            &*format!("llama-server -md k={draft_max}"),
-            &llama_draft,
-            false,
-        ),
     ] {
         for &concurrency in &args.concurrency {
             let result = load_run(
@@ -310,7 +307,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     drop((specdec, llama, llama_draft));
 
-    let summaries = report::summarize(&runs, &modes, &languages, &args.temperatures);
+    let summaries = report::summarize(&runs, &modes, &languages, &plan);
     let report = Report {
         started: started_at,
         duration_s: started.elapsed().as_secs_f64(),
@@ -319,7 +316,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             quick: args.quick,
             per_language,
             max_tokens,
-            temperatures: args.temperatures.clone(),
+            plan: plan.clone(),
             fixed_lengths: args.fixed_lengths.clone(),
             draft_max,
             threads,
@@ -380,7 +377,7 @@ async fn load_run(
                 fields.insert("cache_prompt".into(), false.into());
             }
             chat_body(
-                &prompt(p),
+                &Task::Translate.prompt(p),
                 max_tokens,
                 Sampling {
                     temperature: 0.0,

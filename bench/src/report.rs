@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::chart::{BarChart, Series};
 use crate::client::Measurement;
 use crate::modes::{Drafting, Mode};
+use crate::tasks::Task;
 
 /// Adaptive drafting must reach this fraction of target-only speed.
 pub const ADAPTIVE_FLOOR: f64 = 0.97;
@@ -19,6 +20,8 @@ pub const ADAPTIVE_TOLERANCE: f64 = 0.05;
 /// One measured request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
+    /// What the prompt asks for.
+    pub task: Task,
     /// Debian's language code.
     pub language: String,
     /// Where the paragraph comes from.
@@ -35,9 +38,11 @@ pub struct Run {
     pub chrf: f64,
 }
 
-/// Figures of one mode for one language and temperature.
+/// Figures of one mode for one task, language and temperature.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
+    /// The task.
+    pub task: Task,
     /// Debian's language code.
     pub language: String,
     /// Sampling temperature.
@@ -117,8 +122,8 @@ pub struct Settings {
     pub per_language: usize,
     /// Most generated tokens per request.
     pub max_tokens: u32,
-    /// Temperatures measured (0: greedy).
-    pub temperatures: Vec<f32>,
+    /// Tasks and the temperatures each is measured at (0: greedy).
+    pub plan: Vec<(Task, f32)>,
     /// Fixed draft lengths measured.
     pub fixed_lengths: Vec<u32>,
     /// Draft length of n-gram, llama-server and adaptive's upper bound.
@@ -159,15 +164,18 @@ pub fn summarize(
     runs: &[Run],
     modes: &[Mode],
     languages: &[String],
-    temperatures: &[f32],
+    plan: &[(Task, f32)],
 ) -> Vec<Summary> {
     let mut out = Vec::new();
-    for language in languages {
-        for &temperature in temperatures {
+    for &(task, temperature) in plan {
+        for language in languages {
             let of = |mode: &str| -> Vec<&Run> {
                 runs.iter()
                     .filter(|r| {
-                        &r.language == language && r.temperature == temperature && r.mode == mode
+                        r.task == task
+                            && &r.language == language
+                            && r.temperature == temperature
+                            && r.mode == mode
                     })
                     .collect()
             };
@@ -232,6 +240,7 @@ pub fn summarize(
                     Vec::new()
                 };
                 out.push(Summary {
+                    task,
                     language: language.clone(),
                     temperature,
                     mode: mode.name.clone(),
@@ -303,9 +312,11 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// The verdicts the issue asks for, per language and temperature.
+/// The verdicts the issue asks for, per task, language and temperature.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Check {
+    /// Task.
+    pub task: Task,
     /// Language.
     pub language: String,
     /// Temperature.
@@ -324,12 +335,21 @@ pub struct Check {
 
 /// Check adaptive drafting against target-only, llama-server and the best fixed configuration.
 pub fn checks(summaries: &[Summary], modes: &[Mode]) -> Vec<Check> {
-    let mut groups: BTreeMap<(String, String), Vec<&Summary>> = BTreeMap::new();
+    // Grouped in report order: task, temperature, language.
+    let mut groups: BTreeMap<(usize, String, usize), Vec<&Summary>> = BTreeMap::new();
+    let mut order: Vec<(Task, String)> = Vec::new();
+    let mut languages: Vec<&str> = Vec::new();
     for s in summaries {
-        groups
-            .entry((s.language.clone(), format!("{:.2}", s.temperature)))
-            .or_default()
-            .push(s);
+        let key = (s.task, format!("{:.2}", s.temperature));
+        if !order.contains(&key) {
+            order.push(key.clone());
+        }
+        if !languages.contains(&s.language.as_str()) {
+            languages.push(&s.language);
+        }
+        let first = order.iter().position(|k| k == &key).unwrap_or(0);
+        let lang = languages.iter().position(|l| *l == s.language).unwrap_or(0);
+        groups.entry((first, key.1, lang)).or_default().push(s);
     }
     let name_of =
         |pred: &dyn Fn(&Mode) -> bool| modes.iter().find(|m| pred(m)).map(|m| m.name.clone());
@@ -361,6 +381,7 @@ pub fn checks(summaries: &[Summary], modes: &[Mode]) -> Vec<Check> {
             && vs_llama.is_none_or(|r| r >= 1.0)
             && vs_best.is_none_or(|r| r >= 1.0 - ADAPTIVE_TOLERANCE);
         out.push(Check {
+            task: a.task,
             language: a.language.clone(),
             temperature: a.temperature,
             adaptive_vs_target: a.speedup,
@@ -391,9 +412,15 @@ pub fn markdown(report: &Report) -> String {
         "# specdec benchmark{}\n",
         if s.quick { " (quick)" } else { "" }
     );
+    let plan = s
+        .plan
+        .iter()
+        .map(|(task, t)| format!("{} {}", task.name(), temperature_label(*t)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         md,
-        "- started {} · {:.0} s · commit `{}`\n- machine: {} ({} cores, {:.0} GiB){} · kernel {}\n- llama-server: {}\n- {} paragraph(s) per language from the Debian Reference, translate-to-English chat prompts, at most {} tokens, temperatures {:?}, {} thread(s), draft length {} (fixed lengths {:?}), {} GPU layer(s)\n",
+        "- started {} · {:.0} s · commit `{}`\n- machine: {} ({} cores, {:.0} GiB){} · kernel {}\n- llama-server: {}\n- {} paragraph(s) per language from the Debian Reference; tasks: {}; at most {} tokens, {} thread(s), draft length {} (fixed lengths {:?}), {} GPU layer(s)\n",
         report.started,
         report.duration_s,
         m.commit,
@@ -404,23 +431,24 @@ pub fn markdown(report: &Report) -> String {
         m.kernel,
         m.llama_server,
         s.per_language,
+        plan,
         s.max_tokens,
-        s.temperatures,
         s.threads,
         s.draft_max,
         s.fixed_lengths,
         s.gpu_layers,
     );
-    let find = |lang: &str, t: f32, mode: &str| {
+    let find = |task: Task, lang: &str, t: f32, mode: &str| {
         report
             .summaries
             .iter()
-            .find(|x| x.language == lang && x.temperature == t && x.mode == mode)
+            .find(|x| x.task == task && x.language == lang && x.temperature == t && x.mode == mode)
     };
-    for &t in &s.temperatures {
+    for &(task, t) in &s.plan {
         let _ = writeln!(
             md,
-            "## Decode tokens/s and speedup over specdec target-only, {}\n",
+            "## {}: decode tokens/s and speedup over specdec target-only, {}\n",
+            task.name(),
             temperature_label(t)
         );
         let _ = write!(md, "| language |");
@@ -432,7 +460,7 @@ pub fn markdown(report: &Report) -> String {
         for lang in &report.languages {
             let _ = write!(md, "| {lang} |");
             for mode in &report.modes {
-                match find(lang, t, &mode.name) {
+                match find(task, lang, t, &mode.name) {
                     Some(x) => {
                         let _ = write!(
                             md,
@@ -450,14 +478,15 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(md);
         let _ = writeln!(
             md,
-            "### Acceptance, τ, end-to-end latency, exactness and chrF, {}\n",
+            "### {}: acceptance, τ, end-to-end latency, exactness and chrF, {}\n",
+            task.name(),
             temperature_label(t)
         );
         let _ = writeln!(md, "| language | mode | acceptance | τ | e2e ms | e2e speedup | TTFT ms | exact | chrF | adaptive rounds by k |");
         let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for lang in &report.languages {
             for mode in &report.modes {
-                let Some(x) = find(lang, t, &mode.name) else {
+                let Some(x) = find(task, lang, t, &mode.name) else {
                     continue;
                 };
                 let opt = |v: Option<f64>, p: usize| v.map_or("–".into(), |v| format!("{v:.p$}"));
@@ -492,12 +521,13 @@ pub fn markdown(report: &Report) -> String {
         "Adaptive must reach {ADAPTIVE_FLOOR}× target-only, at least llama-server's speculative speed, and, where some fixed configuration beats target-only, come within {:.0} % of the best one.\n",
         ADAPTIVE_TOLERANCE * 100.0
     );
-    let _ = writeln!(md, "| language | sampling | adaptive / target | adaptive / llama-server -md | best other specdec config | adaptive / best (if best > 1×) | pass |");
-    let _ = writeln!(md, "|---|---|---:|---:|---|---:|---|");
+    let _ = writeln!(md, "| task | language | sampling | adaptive / target | adaptive / llama-server -md | best other specdec config | adaptive / best (if best > 1×) | pass |");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---|---:|---|");
     for c in &checks {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.3} | {} | {} ({:.2}×) | {} | {} |",
+            "| {} | {} | {} | {:.3} | {} | {} ({:.2}×) | {} | {} |",
+            c.task.name(),
             c.language,
             temperature_label(c.temperature),
             c.adaptive_vs_target,
@@ -541,7 +571,7 @@ pub fn markdown(report: &Report) -> String {
 /// Draw the speedup charts (one per temperature) and the load chart.
 pub fn chart(report: &Report, font: &Path, path: &Path) -> anyhow::Result<()> {
     let mut charts = Vec::new();
-    for &t in &report.settings.temperatures {
+    for &(task, t) in &report.settings.plan {
         let series = report
             .modes
             .iter()
@@ -564,7 +594,8 @@ pub fn chart(report: &Report, font: &Path, path: &Path) -> anyhow::Result<()> {
             .collect();
         charts.push(BarChart {
             title: format!(
-                "Decode speed over specdec target-only, {} ({})",
+                "{}: decode speed over specdec target-only, {} ({})",
+                task.name(),
                 temperature_label(t),
                 report.machine.cpu
             ),
@@ -619,6 +650,7 @@ mod tests {
 
     fn run(lang: &str, mode: &str, text: &str, tokens: u64, ttft: f64, e2e: f64) -> Run {
         Run {
+            task: Task::Translate,
             language: lang.into(),
             origin: "ch01#1".into(),
             temperature: 0.0,
@@ -650,7 +682,7 @@ mod tests {
             run("de", "llama-server", "Hi", 11, 100.0, 1100.0),
             run("de", "llama-server -md k=4", "Hi", 11, 100.0, 1600.0),
         ];
-        let s = summarize(&runs, &modes, &["de".into()], &[0.0]);
+        let s = summarize(&runs, &modes, &["de".into()], &[(Task::Translate, 0.0)]);
         let get = |m: &str| s.iter().find(|x| x.mode == m).unwrap();
         assert!((get("target").decode_tokens_per_second - 10.0).abs() < 1e-9);
         assert!((get("k=2").speedup - 0.5).abs() < 1e-9);
@@ -685,7 +717,7 @@ mod tests {
                 quick: true,
                 per_language: 1,
                 max_tokens: 48,
-                temperatures: vec![0.0],
+                plan: vec![(Task::Translate, 0.0)],
                 fixed_lengths: vec![2],
                 draft_max: 4,
                 threads: 2,
@@ -699,6 +731,7 @@ mod tests {
             runs,
         });
         assert!(md.contains("| de | 10.0 (1.00×) | 5.0 (0.50×) |"), "{md}");
+        assert!(md.contains("## translate: decode tokens/s"), "{md}");
         assert!(md.contains("**no**"));
     }
 

@@ -32,10 +32,12 @@ const COST_SMOOTHING: f64 = 0.9;
 const ACCEPTANCE_DECAY: f64 = 0.98;
 /// Weight, in rounds, of the prior of a position's acceptance.
 const PRIOR_WEIGHT: f64 = 2.0;
-/// Prior acceptance of the first drafted token before any observation.
-const PRIOR_FIRST: f64 = 0.6;
+/// Prior acceptance of the first drafted token before any observation:
+/// optimistic, so that a drafter that can pay on this hardware is tried at
+/// once and a poor one is found out within a few rounds.
+const PRIOR_FIRST: f64 = 0.8;
 /// First and longest probe intervals, in plain rounds.
-const PROBE_FIRST: u32 = 16;
+const PROBE_FIRST: u32 = 8;
 const PROBE_LONGEST: u32 = 1024;
 
 /// Time of target passes and draft steps, relative to a one-token pass.
