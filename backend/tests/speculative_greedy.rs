@@ -167,13 +167,33 @@ fn adaptive_drafting_matches_target() {
 
 /// The target drafting for itself costs a full target pass per drafted token:
 /// even with every token accepted that cannot beat plain decoding, so the
-/// policy never drafts (and never probes) with it.
+/// policy never drafts (and never probes) with it; only free prompt lookup
+/// may draft.
 #[test]
 fn adaptive_drafting_never_drafts_when_it_cannot_pay() {
     let (_, prompt) = TRANSLATIONS[2];
     let out = run(adaptive(chat(prompt), 32, "self"));
-    assert_eq!(out.stats.draft_tokens, 0, "{:?}", out.stats);
-    assert_eq!(out.stats.rounds_by_draft_length, vec![out.stats.rounds]);
+    assert_eq!(
+        out.stats.draft_tokens, out.stats.lookup_draft_tokens,
+        "the model drafted: {:?}",
+        out.stats
+    );
     let baseline = run(greedy(chat(prompt), 32, None, 0));
     assert_eq!(out.token_ids, baseline.token_ids);
+}
+
+/// Where the output repeats the prompt, adaptive drafting with a model
+/// drafter drafts by prompt lookup, and the output stays the target's.
+#[test]
+fn adaptive_drafting_uses_prompt_lookup_where_it_pays() {
+    let prompt = chat("Repeat the following text exactly, word for word: Debian is a free operating system. Volunteers package thousands of programs and release a new stable version about every two years. The packages are maintained by a large community spread across the whole world.");
+    let out = run(adaptive(prompt.clone(), 48, "qwen-0.5b"));
+    let baseline = run(greedy(prompt, 48, None, 0));
+    assert_eq!(out.token_ids, baseline.token_ids);
+    assert!(out.stats.lookup_draft_tokens > 0, "{:?}", out.stats);
+    assert!(
+        out.stats.lookup_accepted_tokens > out.stats.lookup_draft_tokens / 2,
+        "{:?}",
+        out.stats
+    );
 }

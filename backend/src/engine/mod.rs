@@ -102,13 +102,15 @@ pub struct AdaptiveReport {
     pub drafter: String,
     /// The language (ISO 639-1, `und` when unknown).
     pub language: String,
+    /// Who drafted in the latest round.
+    pub proposer: crate::speculative::adaptive::Proposer,
     /// Draft length chosen for the latest round (0: plain decoding).
     pub draft_length: usize,
     /// Expected tokens per second at that length.
     pub expected_tokens_per_second: f64,
     /// Expected tokens per second of plain decoding.
     pub plain_tokens_per_second: f64,
-    /// Estimated acceptance of each draft position given the ones before it.
+    /// Estimated acceptance of each of the drafter model's positions given the ones before it.
     pub acceptance: Vec<f64>,
     /// Milliseconds of a one-token target pass, as currently estimated.
     pub target_pass_ms: f64,

@@ -100,6 +100,11 @@ pub struct GenerationStats {
     pub draft_tokens: u64,
     /// Drafted tokens the target accepted.
     pub accepted_tokens: u64,
+    /// Of the drafted tokens, those proposed by prompt lookup (adaptive
+    /// drafting with a model drafter may use lookup where it pays).
+    pub lookup_draft_tokens: u64,
+    /// Of the accepted tokens, those proposed by prompt lookup.
+    pub lookup_accepted_tokens: u64,
     /// Accepted count by draft position (index 0 is the first drafted token).
     pub accepted_per_position: Vec<u64>,
     /// accepted / drafted, 0 when nothing was drafted.

@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::config::{DraftParams, DrafterKind};
-use crate::speculative::adaptive::{AdaptiveState, CostModel};
+use crate::speculative::adaptive::{AcceptanceModel, AdaptiveState, CostModel, Options, Proposer};
 use crate::speculative::ngram::{self, NgramParams};
 use crate::speculative::sampling::{self, Distribution, SamplingParams};
 use crate::speculative::text::TextAssembler;
@@ -304,6 +304,8 @@ struct Sequence {
     draft: DraftParams,
     /// Key of the adaptive state: the request's language.
     language: String,
+    /// Prompt lookup's acceptance in this request (adaptive drafting).
+    lookup: AcceptanceModel,
     sampling: SamplingParams,
     max_tokens: usize,
     /// Prompt and generated tokens.
@@ -482,6 +484,7 @@ impl<'m> Scheduler<'m> {
                 drafter_model: p.drafter.and_then(|i| self.drafters[i].model),
                 draft: p.draft,
                 language: p.language,
+                lookup: AcceptanceModel::default(),
                 rng: ChaCha8Rng::seed_from_u64(p.sampling.seed),
                 sampling: p.sampling,
                 max_tokens: p.max_tokens,
@@ -573,15 +576,16 @@ impl Scheduler<'_> {
         ) else {
             return;
         };
-        let Some(choice) = state.last_choice() else {
+        let Some(decision) = state.last_decision() else {
             return;
         };
         let report = AdaptiveReport {
             drafter: drafter.name.clone(),
             language: key.1.clone(),
-            draft_length: choice.draft_length,
-            expected_tokens_per_second: choice.tokens_per_second,
-            plain_tokens_per_second: choice.plain_tokens_per_second,
+            proposer: decision.proposer,
+            draft_length: decision.draft_length,
+            expected_tokens_per_second: decision.tokens_per_second,
+            plain_tokens_per_second: decision.plain_tokens_per_second,
             acceptance: state.acceptance(drafter.draft.max as usize),
             target_pass_ms: cost.unit_ms(),
             draft_step_ms: cost.draft_step_ms(),
@@ -895,38 +899,65 @@ fn round(
         .min(room)
         .min(remaining.saturating_sub(1));
     let chunk = max_verify_batch.max(1);
-    let k = match policy.as_mut() {
-        Some(p) => p.state.choose(p.cost, seq.draft.min as usize, most, chunk),
-        None => most,
-    };
     let t0 = Instant::now();
-    let mut draft = match seq.drafter {
-        Some(_) if k > 0 => match seq.drafter_model {
-            Some(m) => draft_with_model(
-                seq,
-                &mut slot.drafters[m],
-                &mut slot.batch,
-                k,
-                max_verify_batch,
-            )?,
-            None => {
-                let tokens = ngram::propose(&seq.tokens, NgramParams::default(), k);
-                let dists = if seq.sampling.is_greedy() {
-                    Vec::new()
-                } else {
-                    tokens
-                        .iter()
-                        .map(|&t| Distribution::point_mass(t))
-                        .collect()
-                };
-                Draft {
-                    tokens,
-                    dists,
-                    steps: 1,
-                    steps_ms: ms(t0),
-                }
-            }
+    // Who drafts how much: the fixed settings, or the adaptive decision
+    // among the drafter model, prompt lookup and plain decoding.
+    let (proposer, k, lookup) = match (policy.as_mut(), seq.drafter) {
+        (Some(p), Some(_)) => {
+            let lookup = if most > 0 {
+                ngram::propose(&seq.tokens, NgramParams::default(), most)
+            } else {
+                Vec::new()
+            };
+            let decision = p.state.decide(
+                p.cost,
+                &Options {
+                    model: seq.drafter_model.is_some(),
+                    lookup: lookup.len(),
+                    min: seq.draft.min as usize,
+                    max: most,
+                    chunk,
+                },
+                &seq.lookup,
+            );
+            (decision.proposer, decision.draft_length, lookup)
+        }
+        (_, Some(_)) if most > 0 => match seq.drafter_model {
+            Some(_) => (Proposer::Model, most, Vec::new()),
+            None => (Proposer::Lookup, most, Vec::new()),
         },
+        _ => (Proposer::None, 0, Vec::new()),
+    };
+    let mut draft = match (proposer, seq.drafter_model) {
+        (Proposer::Model, Some(m)) if k > 0 => draft_with_model(
+            seq,
+            &mut slot.drafters[m],
+            &mut slot.batch,
+            k,
+            max_verify_batch,
+        )?,
+        (Proposer::Lookup, _) if k > 0 => {
+            let mut tokens = if lookup.is_empty() {
+                ngram::propose(&seq.tokens, NgramParams::default(), k)
+            } else {
+                lookup
+            };
+            tokens.truncate(k);
+            let dists = if seq.sampling.is_greedy() {
+                Vec::new()
+            } else {
+                tokens
+                    .iter()
+                    .map(|&t| Distribution::point_mass(t))
+                    .collect()
+            };
+            Draft {
+                tokens,
+                dists,
+                steps: 0,
+                steps_ms: 0.0,
+            }
+        }
         _ => Draft::default(),
     };
     if draft.tokens.len() < seq.draft.min as usize {
@@ -970,7 +1001,8 @@ fn round(
             p.cost.observe_pass(tokens, pass_ms);
         }
         p.cost.observe_draft(draft.steps, draft.steps_ms);
-        p.state.observe(draft.tokens.len(), accepted);
+        p.state
+            .observe(proposer, draft.tokens.len(), accepted, &mut seq.lookup);
     }
     if seq.stats.rounds_by_draft_length.len() <= k {
         seq.stats.rounds_by_draft_length.resize(k + 1, 0);
@@ -993,6 +1025,10 @@ fn round(
         seq.stats.drafts += 1;
         seq.stats.draft_tokens += draft.tokens.len() as u64;
         seq.stats.accepted_tokens += accepted as u64;
+        if proposer == Proposer::Lookup {
+            seq.stats.lookup_draft_tokens += draft.tokens.len() as u64;
+            seq.stats.lookup_accepted_tokens += accepted as u64;
+        }
         if seq.stats.accepted_per_position.len() < draft.tokens.len() {
             seq.stats
                 .accepted_per_position

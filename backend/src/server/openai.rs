@@ -468,6 +468,12 @@ pub struct SpeculativeUsage {
     /// Decoding rounds by draft length (index 0: rounds without a draft).
     #[serde(default)]
     pub rounds_by_draft_length: Vec<u64>,
+    /// Of `draft_tokens`, those proposed by prompt lookup.
+    #[serde(default)]
+    pub lookup_draft_tokens: u64,
+    /// Of `accepted_tokens`, those proposed by prompt lookup.
+    #[serde(default)]
+    pub lookup_accepted_tokens: u64,
 }
 
 /// `usage`.
@@ -499,6 +505,8 @@ impl Usage {
                 acceptance_rate: stats.acceptance_rate,
                 mean_accepted_length: stats.mean_accepted_length,
                 rounds_by_draft_length: stats.rounds_by_draft_length.clone(),
+                lookup_draft_tokens: stats.lookup_draft_tokens,
+                lookup_accepted_tokens: stats.lookup_accepted_tokens,
             },
         }
     }

@@ -135,6 +135,18 @@ impl CostModel {
     /// conditional acceptances `acceptance` (at least `k` of them), verified
     /// in passes of at most `chunk` tokens.
     pub fn expected_round(&self, k: usize, acceptance: &[f64], chunk: usize) -> (f64, f64) {
+        self.expected_round_with_step(k, acceptance, chunk, self.draft_step_ms())
+    }
+
+    /// [`CostModel::expected_round`] for a proposer whose step costs `step_ms`
+    /// (prompt lookup costs next to nothing).
+    pub fn expected_round_with_step(
+        &self,
+        k: usize,
+        acceptance: &[f64],
+        chunk: usize,
+        step_ms: f64,
+    ) -> (f64, f64) {
         let chunk = chunk.max(1);
         // survive[i]: probability that the first i drafted tokens are accepted.
         let mut survive = Vec::with_capacity(k + 1);
@@ -145,7 +157,7 @@ impl CostModel {
         }
         let tokens = survive.iter().sum::<f64>();
         let batch = k + 1;
-        let mut ms = k as f64 * self.draft_step_ms();
+        let mut ms = k as f64 * step_ms;
         let mut start = 0;
         while start < batch {
             let size = chunk.min(batch - start);
@@ -268,79 +280,198 @@ fn rate((tokens, ms): (f64, f64)) -> f64 {
     }
 }
 
-/// The adaptive state of one drafter for one language.
+/// Where a round's draft comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proposer {
+    /// No draft: plain decoding.
+    None,
+    /// The drafter model.
+    Model,
+    /// Prompt lookup (n-grams of the sequence so far), which costs next to
+    /// nothing and pays where the output repeats the input.
+    Lookup,
+}
+
+/// What a round does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Decision {
+    /// Who drafts.
+    pub proposer: Proposer,
+    /// How many tokens (0 with [`Proposer::None`]).
+    pub draft_length: usize,
+    /// Expected tokens per second of this decision.
+    pub tokens_per_second: f64,
+    /// Expected tokens per second of plain decoding.
+    pub plain_tokens_per_second: f64,
+}
+
+/// What may draft in the coming round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Whether a drafter model is there.
+    pub model: bool,
+    /// Tokens prompt lookup has proposed for this round (0: no match).
+    pub lookup: usize,
+    /// Shortest draft worth verifying.
+    pub min: usize,
+    /// Longest draft allowed.
+    pub max: usize,
+    /// Most tokens per target pass.
+    pub chunk: usize,
+}
+
+/// The adaptive state of one drafter for one language. The drafter model's
+/// acceptance is a property of the drafter and the language, so it is
+/// learned across requests; prompt lookup's is a property of the request
+/// (does the output repeat the input?), so the caller keeps one
+/// [`AcceptanceModel`] per request for it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AdaptiveState {
-    acceptance: AcceptanceModel,
+    model: AcceptanceModel,
     /// Plain rounds since the last speculative one.
     plain_rounds: u32,
     /// Plain rounds to wait before the next probe.
     probe_interval: u32,
-    /// The last round's decision.
-    last: Option<Choice>,
+    /// Whether the round in flight is a probe.
+    probing: bool,
+    /// The last decision.
+    last: Option<Decision>,
+}
+
+/// The best length in `[max(min, 1), max]` for one proposer and its rate.
+fn best_speculative(
+    cost: &CostModel,
+    acceptance: &[f64],
+    min: usize,
+    max: usize,
+    chunk: usize,
+    step_ms: f64,
+) -> Option<(usize, f64)> {
+    let mut best: Option<(usize, f64)> = None;
+    for k in min.max(1)..=max {
+        let r = rate(cost.expected_round_with_step(k, acceptance, chunk, step_ms));
+        if best.is_none_or(|(_, b)| r > b * (1.0 + 1e-9)) {
+            best = Some((k, r));
+        }
+    }
+    best
 }
 
 impl AdaptiveState {
-    /// Draft length for the next round, between `min` and `max` (or 0).
-    pub fn choose(&mut self, cost: &CostModel, min: usize, max: usize, chunk: usize) -> usize {
-        let acceptance = self.acceptance.conditional(max);
-        let choice = best_length(cost, &acceptance, min, max, chunk);
-        self.last = Some(choice);
-        if choice.draft_length > 0 || max == 0 {
-            return choice.draft_length;
+    /// Decide the next round: plain decoding, or which proposer drafts how
+    /// many tokens, whichever promises the most tokens per second; when that
+    /// is plain decoding, now and then a probe.
+    pub fn decide(
+        &mut self,
+        cost: &CostModel,
+        options: &Options,
+        lookup: &AcceptanceModel,
+    ) -> Decision {
+        let plain = rate(cost.expected_round(0, &[], options.chunk));
+        let mut candidates = Vec::with_capacity(2);
+        if options.model {
+            candidates.push((Proposer::Model, options.max, cost.draft_step_ms()));
         }
-        // Probe only if speculation could pay with perfect acceptance.
-        let perfect = vec![1.0; max];
-        if best_length(cost, &perfect, min, max, chunk).draft_length == 0 {
-            return 0;
+        if options.lookup > 0 {
+            candidates.push((Proposer::Lookup, options.max.min(options.lookup), 0.0));
         }
-        if self.probe_interval == 0 {
-            self.probe_interval = PROBE_FIRST;
-        }
-        if self.plain_rounds < self.probe_interval {
-            return 0;
-        }
-        // The best speculative length under the current estimate.
-        let mut best = (min.max(1), f64::MIN);
-        for k in min.max(1)..=max {
-            let r = rate(cost.expected_round(k, &acceptance, chunk));
-            if r > best.1 {
-                best = (k, r);
+        let mut decision = Decision {
+            proposer: Proposer::None,
+            draft_length: 0,
+            tokens_per_second: plain,
+            plain_tokens_per_second: plain,
+        };
+        let mut probe: Option<(Proposer, usize, f64)> = None;
+        for &(proposer, max, step_ms) in &candidates {
+            let acceptance = match proposer {
+                Proposer::Lookup => lookup.conditional(max),
+                _ => self.model.conditional(max),
+            };
+            let Some((k, r)) =
+                best_speculative(cost, &acceptance, options.min, max, options.chunk, step_ms)
+            else {
+                continue;
+            };
+            if r > decision.tokens_per_second * (1.0 + 1e-9) {
+                decision = Decision {
+                    proposer,
+                    draft_length: k,
+                    tokens_per_second: r,
+                    plain_tokens_per_second: plain,
+                };
+            }
+            // Worth probing only if perfect acceptance would beat plain decoding.
+            let perfect = vec![1.0; max];
+            let could_pay =
+                best_speculative(cost, &perfect, options.min, max, options.chunk, step_ms)
+                    .is_some_and(|(_, best)| best > plain * (1.0 + 1e-9));
+            if could_pay && probe.is_none_or(|(_, _, b)| r > b) {
+                probe = Some((proposer, k, r));
             }
         }
-        best.0
+        self.probing = false;
+        if decision.proposer == Proposer::None {
+            if let Some((proposer, k, r)) = probe {
+                if self.probe_interval == 0 {
+                    self.probe_interval = PROBE_FIRST;
+                }
+                if self.plain_rounds >= self.probe_interval {
+                    self.probing = true;
+                    decision = Decision {
+                        proposer,
+                        draft_length: k,
+                        tokens_per_second: r,
+                        plain_tokens_per_second: plain,
+                    };
+                }
+            }
+        }
+        self.last = Some(decision);
+        decision
     }
 
-    /// Record the round that followed `choose`: `drafted` tokens proposed
-    /// (fewer than chosen when the drafter stopped early), `accepted` of them
-    /// accepted.
-    pub fn observe(&mut self, drafted: usize, accepted: usize) {
-        if drafted == 0 {
+    /// Record the round that followed `decide`: `proposer` drafted `drafted`
+    /// tokens (fewer than decided when it stopped early) and the target
+    /// accepted the first `accepted`.
+    pub fn observe(
+        &mut self,
+        proposer: Proposer,
+        drafted: usize,
+        accepted: usize,
+        lookup: &mut AcceptanceModel,
+    ) {
+        let model = match proposer {
+            Proposer::None => None,
+            Proposer::Model => Some(&mut self.model),
+            Proposer::Lookup => Some(lookup),
+        };
+        let Some(model) = model.filter(|_| drafted > 0) else {
             self.plain_rounds = self.plain_rounds.saturating_add(1);
             return;
-        }
-        let expected_first = self.acceptance.conditional(1)[0];
-        self.acceptance.observe(drafted, accepted);
-        let was_probe = self.last.is_some_and(|c| c.draft_length == 0);
+        };
+        let expected_first = model.conditional(1)[0];
+        model.observe(drafted, accepted);
         // After a probe, look again soon if it did better than expected,
         // else wait twice as long.
-        self.probe_interval = if was_probe && (accepted == 0 || (accepted as f64) < expected_first)
-        {
-            (self.probe_interval.max(PROBE_FIRST / 2) * 2).min(PROBE_LONGEST)
-        } else {
-            PROBE_FIRST
-        };
+        self.probe_interval =
+            if self.probing && (accepted == 0 || (accepted as f64) < expected_first) {
+                (self.probe_interval.max(PROBE_FIRST / 2) * 2).min(PROBE_LONGEST)
+            } else {
+                PROBE_FIRST
+            };
+        self.probing = false;
         self.plain_rounds = 0;
     }
 
     /// The last decision, if any.
-    pub fn last_choice(&self) -> Option<Choice> {
+    pub fn last_decision(&self) -> Option<Decision> {
         self.last
     }
 
-    /// Estimated conditional acceptance of positions 0..len.
+    /// Estimated conditional acceptance of the drafter model's positions 0..len.
     pub fn acceptance(&self, len: usize) -> Vec<f64> {
-        self.acceptance.conditional(len)
+        self.model.conditional(len)
     }
 }
 
@@ -458,14 +589,74 @@ mod tests {
         assert!(m.conditional(1)[0] < 0.05, "old rounds are forgotten");
     }
 
+    fn model_only(max: usize, chunk: usize) -> Options {
+        Options {
+            model: true,
+            lookup: 0,
+            min: 0,
+            max,
+            chunk,
+        }
+    }
+
     #[test]
     fn never_probes_when_speculation_cannot_pay() {
         let c = linear_cpu();
         let mut state = AdaptiveState::default();
         for _ in 0..5000 {
-            assert_eq!(state.choose(&c, 0, 7, 7), 0);
-            state.observe(0, 0);
+            let mut lookup = AcceptanceModel::default();
+            let d = state.decide(&c, &model_only(7, 7), &lookup);
+            assert_eq!((d.proposer, d.draft_length), (Proposer::None, 0));
+            state.observe(d.proposer, 0, 0, &mut lookup);
         }
+    }
+
+    #[test]
+    fn lookup_is_chosen_where_the_model_cannot_pay() {
+        // CPU costs: the 0.5B model never pays, free lookup does when it matches well.
+        let c = cpu_with_cheap_batches();
+        let mut state = AdaptiveState::default();
+        let options = Options {
+            model: true,
+            lookup: 4,
+            min: 0,
+            max: 4,
+            chunk: 3,
+        };
+        let mut lookup = AcceptanceModel::default();
+        let mut lookup_rounds = 0;
+        for _ in 0..200 {
+            let d = state.decide(&c, &options, &lookup);
+            assert_ne!(d.proposer, Proposer::Model);
+            if d.proposer == Proposer::Lookup {
+                lookup_rounds += 1;
+                assert!(d.draft_length <= 4);
+                assert!(d.tokens_per_second > d.plain_tokens_per_second);
+            }
+            state.observe(d.proposer, d.draft_length, d.draft_length, &mut lookup);
+        }
+        assert!(lookup_rounds > 190, "{lookup_rounds}");
+        // No match this round: plain decoding.
+        let none = Options {
+            lookup: 0,
+            ..options
+        };
+        assert_eq!(state.decide(&c, &none, &lookup).proposer, Proposer::None);
+        // Lookup that is always wrong is given up.
+        let mut bad = AdaptiveState::default();
+        let mut bad_lookup = AcceptanceModel::default();
+        let mut speculative = 0;
+        for _ in 0..500 {
+            let d = bad.decide(&c, &options, &bad_lookup);
+            if d.draft_length > 0 {
+                speculative += 1;
+            }
+            bad.observe(d.proposer, d.draft_length, 0, &mut bad_lookup);
+        }
+        assert!(speculative < 30, "{speculative}");
+        // A new request starts with fresh lookup estimates.
+        let fresh = AcceptanceModel::default();
+        assert_eq!(bad.decide(&c, &options, &fresh).proposer, Proposer::Lookup);
     }
 
     #[test]
@@ -473,13 +664,14 @@ mod tests {
         let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
         let mut state = AdaptiveState::default();
         // A drafter that is always wrong: mostly plain rounds, rarer probes.
+        let mut lookup = AcceptanceModel::default();
         let mut probes = Vec::new();
         for round in 0..2000 {
-            let k = state.choose(&free, 0, 8, 8);
-            if k > 0 {
+            let d = state.decide(&free, &model_only(8, 8), &lookup);
+            if d.draft_length > 0 {
                 probes.push(round);
             }
-            state.observe(k, 0);
+            state.observe(d.proposer, d.draft_length, 0, &mut lookup);
         }
         assert!(probes.len() >= 3 && probes.len() < 20, "{probes:?}");
         let gaps: Vec<_> = probes.windows(2).map(|w| w[1] - w[0]).collect();
@@ -487,11 +679,11 @@ mod tests {
         // It turns good: the next probe sees it and speculation switches on.
         let mut speculative = 0;
         for _ in 0..3000 {
-            let k = state.choose(&free, 0, 8, 8);
-            if k > 0 {
+            let d = state.decide(&free, &model_only(8, 8), &lookup);
+            if d.draft_length > 0 {
                 speculative += 1;
             }
-            state.observe(k, k);
+            state.observe(d.proposer, d.draft_length, d.draft_length, &mut lookup);
         }
         assert!(speculative > 2000, "{speculative}");
     }
