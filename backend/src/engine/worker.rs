@@ -599,6 +599,15 @@ impl Scheduler<'_> {
 /// Latest adaptive decision per drafter and language.
 pub(super) type AdaptiveReports = BTreeMap<(String, String), AdaptiveReport>;
 
+/// Prompt lookup as adaptive drafting uses it: a match of at least two
+/// tokens. Single-token matches are common in any text (in translation too)
+/// and rarely continue correctly; each tried and refused costs a verification
+/// pass.
+const ADAPTIVE_LOOKUP: NgramParams = NgramParams {
+    max_ngram: 3,
+    min_ngram: 2,
+};
+
 /// Language key of requests that name none.
 const UNKNOWN_LANGUAGE: &str = "und";
 
@@ -905,7 +914,7 @@ fn round(
     let (proposer, k, lookup) = match (policy.as_mut(), seq.drafter) {
         (Some(p), Some(_)) => {
             let lookup = if most > 0 {
-                ngram::propose(&seq.tokens, NgramParams::default(), most)
+                ngram::propose(&seq.tokens, ADAPTIVE_LOOKUP, most)
             } else {
                 Vec::new()
             };
@@ -937,6 +946,7 @@ fn round(
             max_verify_batch,
         )?,
         (Proposer::Lookup, _) if k > 0 => {
+            // The adaptive decision drafts from the proposal it was shown.
             let mut tokens = if lookup.is_empty() {
                 ngram::propose(&seq.tokens, NgramParams::default(), k)
             } else {
