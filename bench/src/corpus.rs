@@ -448,23 +448,26 @@ fn is_kana(c: char) -> bool {
     matches!(c, '\u{3040}'..='\u{30ff}' | '\u{31f0}'..='\u{31ff}')
 }
 
-fn is_cjk(c: char) -> bool {
+/// Whether `c` is kana or a CJK ideograph.
+pub fn is_cjk(c: char) -> bool {
     is_kana(c)
         || matches!(c, '\u{3400}'..='\u{4dbf}' | '\u{4e00}'..='\u{9fff}' | '\u{f900}'..='\u{faff}')
 }
 
 /// Share of CJK characters among the letters of `text`.
 fn cjk_letter_share(text: &str) -> f64 {
-    let (cjk, letters) = text
-        .chars()
-        .filter(|c| c.is_alphabetic())
-        .fold((0usize, 0usize), |(cjk, letters), c| {
-            (cjk + usize::from(is_cjk(c)), letters + 1)
-        });
-    if letters == 0 {
+    share(text.chars().filter(|c| c.is_alphabetic()), |&c| is_cjk(c))
+}
+
+/// Share of `items` that satisfy `pred`, 0 when there are none.
+fn share<T>(items: impl Iterator<Item = T>, pred: impl Fn(&T) -> bool) -> f64 {
+    let (hits, total) = items.fold((0usize, 0usize), |(hits, total), item| {
+        (hits + usize::from(pred(&item)), total + 1)
+    });
+    if total == 0 {
         0.0
     } else {
-        cjk as f64 / letters as f64
+        hits as f64 / total as f64
     }
 }
 
@@ -481,16 +484,7 @@ fn is_code_like(token: &str) -> bool {
 /// Share of code-like tokens in `text` (English, so whitespace separates
 /// words), 0..=1.
 fn code_like_share(text: &str) -> f64 {
-    let (code, total) = text
-        .split_whitespace()
-        .fold((0usize, 0usize), |(code, total), token| {
-            (code + usize::from(is_code_like(token)), total + 1)
-        });
-    if total == 0 {
-        0.0
-    } else {
-        code as f64 / total as f64
-    }
+    share(text.split_whitespace(), |token| is_code_like(token))
 }
 
 /// The normalised text of every body-text `<p>` of a DocBook XHTML page, in

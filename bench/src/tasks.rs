@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::corpus::Paragraph;
+use crate::corpus::{is_cjk, Paragraph};
 
 /// A kind of prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -64,10 +64,6 @@ fn language_name(code: &str) -> &'static str {
         "id" => "Indonesian",
         _ => "source-language",
     }
-}
-
-fn is_cjk(c: char) -> bool {
-    matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF)
 }
 
 /// `text` with deterministic typos: in every fifth word of five or more
