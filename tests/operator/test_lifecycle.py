@@ -177,7 +177,9 @@ def test_status_reports_acceptance_read_from_a_real_pod(cluster, deployed, tmp_p
         reply = client.chat.completions.create(
             model=NAME, max_tokens=24, temperature=0,
             messages=[{"role": "user", "content": "Übersetze ins Englische: Das Debian-Projekt ist eine Gemeinschaft von Menschen, die freie Software entwickeln."}],
-            extra_body={"language": "de"},
+            # A fixed draft length: adaptive drafting (the sample's setting)
+            # decodes this translation plainly on a CPU, and the test needs drafts.
+            extra_body={"language": "de", "speculative": {"max": 4, "adaptive": False}},
         )
         spec = reply.usage.model_extra["speculative"]
         assert spec["drafter"] == "qwen-0-5b" and spec["draft_tokens"] > 0
