@@ -257,19 +257,13 @@ pub fn best_length(
     chunk: usize,
 ) -> Choice {
     let plain = rate(cost.expected_round(0, acceptance, chunk));
-    let mut best = Choice {
-        draft_length: 0,
-        tokens_per_second: plain,
+    let best = best_speculative(cost, acceptance, min, max, chunk, cost.draft_step_ms())
+        .filter(|&(_, r)| r > plain * (1.0 + 1e-9));
+    Choice {
+        draft_length: best.map_or(0, |(k, _)| k),
+        tokens_per_second: best.map_or(plain, |(_, r)| r),
         plain_tokens_per_second: plain,
-    };
-    for k in min.max(1)..=max {
-        let r = rate(cost.expected_round(k, acceptance, chunk));
-        if r > best.tokens_per_second * (1.0 + 1e-9) {
-            best.draft_length = k;
-            best.tokens_per_second = r;
-        }
     }
-    best
 }
 
 fn rate((tokens, ms): (f64, f64)) -> f64 {
