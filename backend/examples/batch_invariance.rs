@@ -2,7 +2,9 @@
 //! token is evaluated alone or inside a batch? Greedy speculative decoding is
 //! token-exact only if they are. Prints, per batch size, the largest absolute
 //! logit difference against one-token-at-a-time evaluation and whether any
-//! argmax flipped.
+//! argmax flipped. The engine measures the same at start-up on the loaded
+//! model (`engine/exactness.rs`) and verifies in passes no longer than what
+//! it found exact; this example explores more sizes, contexts and KV types.
 //!
 //! cargo run --release --example batch_invariance -- MODEL.gguf [TOKENS_TEXT]
 
@@ -10,7 +12,6 @@ use std::num::NonZeroU32;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
@@ -49,8 +50,9 @@ fn main() {
     let text = args.get(2).cloned().unwrap_or_else(|| {
         "<|im_start|>user\nWrite a Python function that computes the nth Fibonacci number iteratively, with a docstring.<|im_end|>\n<|im_start|>assistant\nHere is a Python function that computes the nth Fibonacci number iteratively:\n\n```python\ndef fibonacci(n):\n    \"\"\"Compute the nth Fibonacci number.".into()
     });
-    let backend = LlamaBackend::init().unwrap();
-    let model = LlamaModel::load_from_file(&backend, path, &LlamaModelParams::default()).unwrap();
+    // llama.cpp as specdec sets it up: the CPU kernel module for this CPU.
+    let backend = specdec_backend::engine::runtime::backend().unwrap();
+    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).unwrap();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(2048))
@@ -65,7 +67,7 @@ fn main() {
             .with_type_v(llama_cpp_2::context::params::KvCacheType::F32),
         _ => params,
     };
-    let mut ctx = model.new_context(&backend, params).unwrap();
+    let mut ctx = model.new_context(backend, params).unwrap();
     let tokens = model.vocab().tokenize(text.as_bytes(), true, true);
     // PREFIX_TOKENS: evaluate the first tokens as context (default 20);
     // repeat the text to reach long contexts.

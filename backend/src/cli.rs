@@ -174,8 +174,10 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPECDEC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,specdec_backend=info"));
+    // Colours only on a terminal: logs written to files stay plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -388,11 +390,40 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         config.threads = threads;
     }
     let engine = Engine::start(config)?;
+    let info = engine.info();
     println!(
         "ok: target {} (context {}), drafters: {}",
         registry.target.model.display(),
-        engine.info().context,
-        engine.info().drafters.join(", ")
+        info.context,
+        info.drafters.join(", ")
     );
+    println!(
+        "llama.cpp CPU kernels: {} ({}); weight buffer types: {}",
+        info.runtime.cpu_module_path.display(),
+        info.runtime.cpu_features.join(" "),
+        if info.runtime.cpu_buffer_types.is_empty() {
+            "none".to_string()
+        } else {
+            info.runtime.cpu_buffer_types.join(" ")
+        }
+    );
+    let v = &info.verification;
+    match &v.exactness {
+        Some(e) => println!(
+            "verification: passes of up to {} tokens (measured exact up to {} of at most {}{}){}",
+            v.max_verify_batch,
+            e.exact_tokens,
+            e.tried_up_to,
+            e.first_inexact
+                .map(|(n, d)| format!("; {n} tokens differ by up to {d:.3}"))
+                .unwrap_or_default(),
+            if v.target_on_gpu {
+                "; target on GPU"
+            } else {
+                ""
+            }
+        ),
+        None => println!("verification: none (no drafters)"),
+    }
     Ok(())
 }

@@ -197,3 +197,28 @@ fn adaptive_drafting_uses_prompt_lookup_where_it_pays() {
         out.stats
     );
 }
+
+#[test]
+fn verification_passes_are_the_size_measured_exact_at_start_up() {
+    let info = common::engine().info();
+    let v = &info.verification;
+    let measured = v
+        .exactness
+        .as_ref()
+        .expect("an engine with drafters measures");
+    assert!(measured.exact_tokens >= 1);
+    assert_eq!(
+        measured.tried_up_to,
+        specdec_backend::engine::MAX_VERIFY_BATCH
+    );
+    assert!(!v.target_on_gpu);
+    // On CPU verification never uses a pass longer than was measured exact,
+    // and, where a longer pass differed, by how much is recorded.
+    assert_eq!(v.max_verify_batch, measured.exact_tokens);
+    if let Some((n, diff)) = measured.first_inexact {
+        assert_eq!(n, measured.exact_tokens + 1);
+        assert!(diff >= 0.0);
+    } else {
+        assert_eq!(measured.exact_tokens, measured.tried_up_to);
+    }
+}

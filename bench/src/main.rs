@@ -76,6 +76,12 @@ struct Args {
     /// The `specdec` binary.
     #[arg(long, env = "SPECDEC_BIN")]
     specdec: PathBuf,
+    /// A `specdec` built for this machine's CPU only (static llama.cpp,
+    /// `-march=native`; `BENCH_NATIVE=1 bench/setup` builds it): adds its
+    /// target-only mode, measured right after the portable build's, so the
+    /// cost of portability shows as a ratio.
+    #[arg(long, env = "SPECDEC_NATIVE_BIN")]
+    native_specdec: Option<PathBuf>,
     /// llama.cpp's `llama-server` binary.
     #[arg(long, env = "LLAMA_SERVER_BIN")]
     llama_server: PathBuf,
@@ -140,7 +146,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ("specdec", &args.specdec),
         ("llama-server", &args.llama_server),
         ("the chart font", &args.font),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        args.native_specdec
+            .as_ref()
+            .map(|p| ("the native specdec", p)),
+    ) {
         if !path.is_file() {
             bail!(
                 "{what}: {} does not exist (run bench/setup)",
@@ -181,24 +193,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
         v
     };
     let registry = servers::registry(&settings, &iso);
-    let specdec = servers::start_specdec(&args.specdec, &registry, &settings, &work_dir)?;
+    let specdec =
+        servers::start_specdec("specdec", &args.specdec, &registry, &settings, &work_dir)?;
+    let native = match &args.native_specdec {
+        Some(binary) => Some(servers::start_specdec(
+            "specdec-native",
+            binary,
+            &registry,
+            &settings,
+            &work_dir,
+        )?),
+        None => None,
+    };
     let llama = servers::start_llama_server(&args.llama_server, &settings, false, &work_dir)?;
     let llama_draft = servers::start_llama_server(&args.llama_server, &settings, true, &work_dir)?;
     let server_of = |kind: ServerKind| -> &Server {
         match kind {
             ServerKind::Specdec => &specdec,
+            // Only in the modes when the native server runs.
+            ServerKind::SpecdecNative => native.as_ref().unwrap_or(&specdec),
             ServerKind::LlamaServer => &llama,
             ServerKind::LlamaServerDraft => &llama_draft,
         }
     };
 
-    let modes = modes::modes(&args.fixed_lengths, draft_max);
+    let modes = modes::modes(&args.fixed_lengths, draft_max, native.is_some());
     // A fresh connection per request: llama-server may close idle ones.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
+    let mut specdec_kernels = Vec::new();
+    for server in std::iter::once(&specdec).chain(native.as_ref()) {
+        let metrics = client
+            .get(format!("{}/metrics", server.base_url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let kernels = servers::describe_kernels(&metrics);
+        tracing::info!(server = %server.name, %kernels, "specdec's llama.cpp kernels");
+        specdec_kernels.push(format!("{}: {kernels}", server.name));
+    }
     // One unmeasured request per server warms caches and threads.
-    for server in [&specdec, &llama, &llama_draft] {
+    for server in [&specdec, &llama, &llama_draft]
+        .into_iter()
+        .chain(native.as_ref())
+    {
         let body = chat_body(
             "Say hello.",
             8,
@@ -305,13 +345,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             load.push(result);
         }
     }
-    drop((specdec, llama, llama_draft));
+    drop((specdec, native, llama, llama_draft));
 
     let summaries = report::summarize(&runs, &modes, &languages, &plan);
     let report = Report {
         started: started_at,
         duration_s: started.elapsed().as_secs_f64(),
-        machine: machine(&args.llama_server),
+        machine: Machine {
+            specdec_kernels,
+            ..machine(&args.llama_server)
+        },
         settings: Settings {
             quick: args.quick,
             per_language,
@@ -485,5 +528,6 @@ fn machine(llama_server: &Path) -> Machine {
             commit
         },
         llama_server: llama_version,
+        specdec_kernels: Vec::new(),
     }
 }

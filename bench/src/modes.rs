@@ -13,6 +13,9 @@ use crate::servers::{MODEL_DRAFTER, NGRAM_DRAFTER};
 pub enum ServerKind {
     /// `specdec serve`.
     Specdec,
+    /// `specdec serve` of a build for this machine's CPU only (static
+    /// llama.cpp, `-march=native`), against the portable build above.
+    SpecdecNative,
     /// llama-server with the target only.
     LlamaServer,
     /// llama-server with the target and `-md` drafter.
@@ -73,6 +76,9 @@ impl Mode {
                 "speculative": {"drafter": NGRAM_DRAFTER, "max": k, "adaptive": false}
             }),
             (ServerKind::Specdec, _) => json!({"language": language}),
+            (ServerKind::SpecdecNative, _) => {
+                json!({"language": language, "speculative": {"enabled": false}})
+            }
             // llama-server would otherwise reuse the KV cache of a previous
             // request with the same prompt; specdec keeps no prompt cache.
             (_, Drafting::LlamaServer(k)) => json!({"speculative.n_max": k, "cache_prompt": false}),
@@ -85,13 +91,24 @@ impl Mode {
     }
 }
 
-/// The modes of a run, in table order.
-pub fn modes(fixed_lengths: &[u32], draft_max: u32) -> Vec<Mode> {
+/// Name of the native build's target-only mode.
+pub const NATIVE_TARGET: &str = "target (native build)";
+
+/// The modes of a run, in table order; `native` adds the native build's
+/// target-only mode.
+pub fn modes(fixed_lengths: &[u32], draft_max: u32, native: bool) -> Vec<Mode> {
     let mut modes = vec![Mode {
         name: "target".into(),
         server: ServerKind::Specdec,
         drafting: Drafting::None,
     }];
+    if native {
+        modes.push(Mode {
+            name: NATIVE_TARGET.into(),
+            server: ServerKind::SpecdecNative,
+            drafting: Drafting::None,
+        });
+    }
     for &k in fixed_lengths {
         modes.push(Mode {
             name: format!("k={k}"),
@@ -123,16 +140,17 @@ pub fn modes(fixed_lengths: &[u32], draft_max: u32) -> Vec<Mode> {
 }
 
 /// The order in which the modes are measured on each prompt: the pairs the
-/// checks compare (target and adaptive, adaptive and llama-server's
+/// checks compare (portable and native target, target and adaptive, adaptive and llama-server's
 /// drafting, the two llama-server modes) back to back, so that slow drifts
 /// of a shared machine's speed affect both sides of a ratio alike.
 pub fn measurement_order(modes: &[Mode]) -> Vec<&Mode> {
     let rank = |m: &Mode| match (m.server, m.drafting) {
         (ServerKind::Specdec, Drafting::None) => 0,
-        (_, Drafting::Adaptive) => 1,
-        (ServerKind::LlamaServerDraft, _) => 2,
-        (ServerKind::LlamaServer, _) => 3,
-        _ => 4,
+        (ServerKind::SpecdecNative, _) => 1,
+        (_, Drafting::Adaptive) => 2,
+        (ServerKind::LlamaServerDraft, _) => 3,
+        (ServerKind::LlamaServer, _) => 4,
+        _ => 5,
     };
     let mut ordered: Vec<&Mode> = modes.iter().collect();
     ordered.sort_by_key(|m| rank(m));
@@ -145,7 +163,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_mode_is_measured_once() {
-        let modes = modes(&[1, 2, 4], 4);
+        let modes = modes(&[1, 2, 4], 4, false);
         let names: Vec<_> = modes.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
@@ -165,7 +183,7 @@ mod tests {
 
     #[test]
     fn compared_modes_are_measured_back_to_back() {
-        let modes = modes(&[1, 2, 4], 4);
+        let modes = modes(&[1, 2, 4], 4, false);
         let order: Vec<_> = measurement_order(&modes)
             .iter()
             .map(|m| m.name.as_str())
@@ -186,8 +204,32 @@ mod tests {
     }
 
     #[test]
+    fn the_native_build_is_measured_right_after_the_portable_one() {
+        let modes = modes(&[2], 2, true);
+        assert_eq!(modes[1].name, NATIVE_TARGET);
+        assert_eq!(modes[1].server, ServerKind::SpecdecNative);
+        assert!(
+            !modes[1].is_baseline(),
+            "the portable build is the baseline"
+        );
+        assert!(
+            !modes[1].must_match_target(),
+            "other kernels may round differently"
+        );
+        let order: Vec<_> = measurement_order(&modes)
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(order[..2], ["target", NATIVE_TARGET]);
+        assert_eq!(
+            modes[1].request_fields("de")["speculative"]["enabled"],
+            false
+        );
+    }
+
+    #[test]
     fn request_fields_select_the_mode() {
-        let modes = modes(&[2], 4);
+        let modes = modes(&[2], 4, false);
         let fixed = modes[1].request_fields("de");
         assert_eq!(fixed["speculative"]["max"], 2);
         assert_eq!(fixed["speculative"]["adaptive"], false);

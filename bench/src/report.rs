@@ -111,6 +111,10 @@ pub struct Machine {
     pub commit: String,
     /// llama-server's version line.
     pub llama_server: String,
+    /// What each specdec server reported of its llama.cpp kernels (CPU
+    /// module, weight buffer types, verification pass limit), by server.
+    #[serde(default)]
+    pub specdec_kernels: Vec<String>,
 }
 
 /// Settings of a run.
@@ -438,6 +442,12 @@ pub fn markdown(report: &Report) -> String {
         s.fixed_lengths,
         s.gpu_layers,
     );
+    for kernels in &m.specdec_kernels {
+        let _ = writeln!(md, "- {kernels}");
+    }
+    if !m.specdec_kernels.is_empty() {
+        let _ = writeln!(md);
+    }
     let find = |task: Task, lang: &str, t: f32, mode: &str| {
         report
             .summaries
@@ -673,7 +683,7 @@ mod tests {
 
     #[test]
     fn summaries_give_speedups_exactness_and_checks() {
-        let modes = modes(&[2], 4);
+        let modes = modes(&[2], 4, false);
         let runs = vec![
             run("de", "target", "Hello", 11, 100.0, 1100.0), // 10 tokens in 1 s
             run("de", "k=2", "Hello", 11, 100.0, 2100.0),    // 0.5×
@@ -712,6 +722,7 @@ mod tests {
                 kernel: "k".into(),
                 commit: "abc".into(),
                 llama_server: "v".into(),
+                specdec_kernels: vec!["specdec: CPU kernels libggml-cpu-zen4.so".into()],
             },
             settings: Settings {
                 quick: true,
@@ -733,6 +744,10 @@ mod tests {
         assert!(md.contains("| de | 10.0 (1.00×) | 5.0 (0.50×) |"), "{md}");
         assert!(md.contains("## translate: decode tokens/s"), "{md}");
         assert!(md.contains("**no**"));
+        assert!(
+            md.contains("- specdec: CPU kernels libggml-cpu-zen4.so"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -109,14 +109,15 @@ pub fn registry(settings: &ServerSettings, languages: &[String]) -> RegistryConf
     }
 }
 
-/// Start `specdec serve` with `registry`.
+/// Start `specdec serve` with `registry`; `name` names its log and registry file.
 pub fn start_specdec(
+    name: &str,
     binary: &Path,
     registry: &RegistryConfig,
     settings: &ServerSettings,
     work_dir: &Path,
 ) -> anyhow::Result<Server> {
-    let registry_path = work_dir.join("registry.yaml");
+    let registry_path = work_dir.join(format!("{name}-registry.yaml"));
     std::fs::write(&registry_path, serde_yaml::to_string(registry)?)
         .with_context(|| format!("cannot write {}", registry_path.display()))?;
     let port = free_port()?;
@@ -130,7 +131,7 @@ pub fn start_specdec(
         .args(["--slots", &settings.slots.to_string()])
         .args(["--max-waiting", "64"])
         .args(["--threads", &settings.threads.to_string()]);
-    spawn("specdec", command, port, "/readyz", work_dir)
+    spawn(name, command, port, "/readyz", work_dir)
 }
 
 /// Start llama-server with the target and, when `draft` is set, the drafter
@@ -176,6 +177,31 @@ pub fn start_llama_server(
         "llama-server"
     };
     spawn(name, command, port, "/health", work_dir)
+}
+
+/// What a specdec server's `/metrics` says of its llama.cpp kernels: the CPU
+/// module, its weight buffer types and the verification pass limit.
+pub fn describe_kernels(metrics: &str) -> String {
+    let label = |line: &str, name: &str| {
+        line.split(&format!("{name}=\""))
+            .nth(1)?
+            .split('"')
+            .next()
+            .map(str::to_string)
+    };
+    let mut parts = Vec::new();
+    for line in metrics.lines() {
+        if line.starts_with("specdec_cpu_backend_info{") {
+            parts.push(format!(
+                "CPU kernels {} (weight buffers: {})",
+                label(line, "module").unwrap_or_default(),
+                label(line, "buffer_types").unwrap_or_default()
+            ));
+        } else if let Some(n) = line.strip_prefix("specdec_verify_batch_max_tokens ") {
+            parts.push(format!("verification passes of up to {n} tokens"));
+        }
+    }
+    parts.join("; ")
 }
 
 /// Whether `GET path` on the loopback port answers 200.
@@ -239,5 +265,20 @@ fn spawn(
             );
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_are_read_from_the_metrics() {
+        let metrics = "# HELP x\nspecdec_cpu_backend_info{buffer_types=\"CPU_REPACK\",module=\"libggml-cpu-zen4.so\"} 1\nspecdec_verify_batch_max_tokens 3\nspecdec_verify_batch_exact_tokens 3\n";
+        assert_eq!(
+            describe_kernels(metrics),
+            "CPU kernels libggml-cpu-zen4.so (weight buffers: CPU_REPACK); verification passes of up to 3 tokens"
+        );
+        assert_eq!(describe_kernels(""), "");
     }
 }

@@ -52,6 +52,10 @@ pub enum EngineError {
     /// llama.cpp failed to evaluate a batch.
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
+    /// llama.cpp's runtime cannot be used on this machine as built or
+    /// installed (no CPU kernels for this CPU, AMX kernels offered).
+    #[error("llama.cpp runtime: {0}")]
+    Runtime(String),
     /// The engine thread has stopped.
     #[error("the engine has shut down")]
     ShutDown,

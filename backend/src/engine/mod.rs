@@ -5,7 +5,9 @@
 //! talk to it through channels, from async code or blocking code alike.
 
 pub mod error;
+pub mod exactness;
 pub mod request;
+pub mod runtime;
 pub mod vocab;
 mod worker;
 
@@ -32,25 +34,12 @@ pub struct EngineConfig {
     pub threads: u32,
     /// Sequences generated concurrently (each with its own contexts).
     pub slots: usize,
-    /// Most tokens evaluated in one target pass when verifying a draft; a
-    /// longer draft is verified in several passes, stopping at a rejection.
-    pub max_verify_batch: usize,
 }
 
-/// Default of [`EngineConfig::max_verify_batch`]. On CPU, llama.cpp's
-/// repacked matmul (built with `GGML_CPU_REPACK=ON`, see `.cargo/config.toml`)
-/// evaluates the rows of a batch in groups of four with a GEMM kernel and the
-/// remaining rows with the GEMV kernel of a single token; a pass of at most
-/// three tokens therefore computes each token's logits bit-identically to
-/// decoding it alone (the `batch_invariance` example measures it), and greedy
-/// speculation stays token-exact. Such passes also cost sub-linearly (about
-/// 1.4x one token for two, 1.7x for three on a 2-core x86 machine). GPU
-/// builds verify a whole draft in one pass.
-pub const DEFAULT_MAX_VERIFY_BATCH: usize = if cfg!(any(feature = "cuda", feature = "metal")) {
-    DraftParams::MAX_DRAFT as usize + 1
-} else {
-    3
-};
+/// The most tokens one target pass may verify: a whole draft of the longest
+/// length and the token before it. On CPU the engine verifies in passes no
+/// longer than it measured exact at start-up (see [`Verification`]).
+pub const MAX_VERIFY_BATCH: usize = DraftParams::MAX_DRAFT as usize + 1;
 
 impl EngineConfig {
     /// The target and drafters of a registry file, one slot, all cores.
@@ -68,7 +57,6 @@ impl EngineConfig {
             drafters: Vec::new(),
             threads: default_threads(),
             slots: 1,
-            max_verify_batch: DEFAULT_MAX_VERIFY_BATCH,
         }
     }
 }
@@ -79,7 +67,7 @@ pub fn default_threads() -> u32 {
 }
 
 /// Facts about a loaded engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineInfo {
     /// Context length in tokens.
     pub context: usize,
@@ -93,6 +81,22 @@ pub struct EngineInfo {
     pub has_chat_template: bool,
     /// Concurrent sequences.
     pub slots: usize,
+    /// How drafts are verified on this machine.
+    pub verification: Verification,
+    /// What llama.cpp selected on this machine.
+    pub runtime: runtime::RuntimeInfo,
+}
+
+/// How drafts are verified, as decided at start-up.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Verification {
+    /// Most tokens in one target pass when verifying a draft; a longer draft
+    /// is verified in several passes, stopping at a rejection.
+    pub max_verify_batch: usize,
+    /// What the start-up measurement found (none without drafters).
+    pub exactness: Option<exactness::Exactness>,
+    /// Whether the target runs on a GPU (drafts verified in one pass).
+    pub target_on_gpu: bool,
 }
 
 /// The latest decision of adaptive drafting for one drafter and language.

@@ -7,12 +7,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
@@ -29,11 +28,13 @@ use crate::speculative::text::TextAssembler;
 use crate::speculative::verifier::{self, Verdict};
 
 use super::error::EngineError;
+use super::exactness;
 use super::request::{
     DrafterChoice, FinishReason, GenerationEvent, GenerationRequest, GenerationStats, Prompt,
 };
+use super::runtime::{backend, runtime_info, RuntimeInfo};
 use super::vocab::{check_compatible, VocabInfo};
-use super::{AdaptiveReport, EngineConfig, EngineInfo};
+use super::{AdaptiveReport, EngineConfig, EngineInfo, Verification, MAX_VERIFY_BATCH};
 
 /// Whether contexts use a Q8_0 KV cache with flash attention. On CPU, ggml
 /// decodes a single token over an F16/F32 cache of 512 or more cells with a
@@ -54,21 +55,6 @@ const PROMPT_CHUNK: usize = 512;
 pub(super) struct Command {
     pub request: GenerationRequest,
     pub events: UnboundedSender<GenerationEvent>,
-}
-
-/// llama.cpp's backend may be initialised once per process; engines share it.
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
-    BACKEND
-        .get_or_init(|| {
-            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-            LlamaBackend::init().map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|reason| EngineError::ModelLoad {
-            path: "<backend>".into(),
-            reason: reason.clone(),
-        })
 }
 
 fn load_model(path: &Path, gpu_layers: u32) -> Result<LlamaModel, EngineError> {
@@ -215,7 +201,23 @@ pub(super) fn run(
             }
         }
     }
-    let costs = match calibrate(&target, &drafters, &mut slots[0], config.max_verify_batch) {
+    let runtime = match runtime_info() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let verification =
+        match verification_limit(&config, &runtime, &target, &drafters, &mut slots[0]) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+    let max_verify_batch = verification.max_verify_batch;
+    let costs = match calibrate(&target, &drafters, &mut slots[0], max_verify_batch) {
         Ok(costs) => costs,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -229,6 +231,8 @@ pub(super) fn run(
         drafter_models: drafter_models.len(),
         has_chat_template: target.chat_template(None).is_ok(),
         slots: slots.len(),
+        verification,
+        runtime,
     };
     if ready.send(Ok(info)).is_err() {
         return;
@@ -237,7 +241,7 @@ pub(super) fn run(
         target: &target,
         drafters: &drafters,
         context: config.target.context as usize,
-        max_verify_batch: config.max_verify_batch,
+        max_verify_batch,
         slots,
         waiting: VecDeque::new(),
         costs,
@@ -617,6 +621,49 @@ struct Policy<'a> {
     state: &'a mut AdaptiveState,
 }
 
+/// How many tokens a verification pass may hold on this machine. On CPU it
+/// is the pass size measured exact on the loaded target (see
+/// [`exactness`](super::exactness)); with the target on a GPU a whole draft
+/// is verified in one pass, and greedy output equals the target's up to
+/// floating-point ties. Without drafters nothing is verified or measured.
+fn verification_limit(
+    config: &EngineConfig,
+    runtime: &RuntimeInfo,
+    target: &LlamaModel,
+    drafters: &[LoadedDrafter],
+    slot: &mut Slot,
+) -> Result<Verification, EngineError> {
+    if drafters.is_empty() {
+        return Ok(Verification {
+            max_verify_batch: 1,
+            exactness: None,
+            target_on_gpu: false,
+        });
+    }
+    let cap = MAX_VERIFY_BATCH;
+    let target_on_gpu = config.target.gpu_layers > 0 && runtime.has_gpu;
+    let measured = exactness::measure(target, &mut slot.target, &mut slot.batch, cap)?;
+    let max_verify_batch = if target_on_gpu {
+        cap
+    } else {
+        measured.exact_tokens
+    };
+    tracing::info!(
+        exact_tokens = measured.exact_tokens,
+        tried_up_to = measured.tried_up_to,
+        first_inexact = ?measured.first_inexact,
+        took_ms = measured.took_ms,
+        max_verify_batch,
+        target_on_gpu,
+        "measured the largest target pass with logits bit-identical to single-token decoding"
+    );
+    Ok(Verification {
+        max_verify_batch,
+        exactness: Some(measured),
+        target_on_gpu,
+    })
+}
+
 /// Pass sizes measured at start-up (others are interpolated).
 const CALIBRATION_SIZES: [usize; 6] = [1, 2, 3, 4, 6, 8];
 /// Tokens of context before the measured passes.
@@ -724,13 +771,13 @@ fn time_pass(
     Ok(elapsed)
 }
 
-fn ms(since: Instant) -> f64 {
+pub(super) fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Evaluate `tokens` at positions from `start`; logits for all of them when
 /// `all_logits`, else for the last only.
-fn decode(
+pub(super) fn decode(
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
     tokens: &[u32],
@@ -749,14 +796,14 @@ fn decode(
 }
 
 /// Drop every cached position from `from` on.
-fn truncate_kv(ctx: &mut LlamaContext, from: usize) -> Result<(), EngineError> {
+pub(super) fn truncate_kv(ctx: &mut LlamaContext, from: usize) -> Result<(), EngineError> {
     ctx.clear_kv_cache_seq(Some(0), Some(from as u32), None)
         .map(|_| ())
         .map_err(|e| EngineError::Decode(format!("KV cache rollback: {e}")))
 }
 
 /// Evaluate `tokens` in prompt-sized chunks, logits for the last token only.
-fn decode_chunked(
+pub(super) fn decode_chunked(
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
     tokens: &[u32],

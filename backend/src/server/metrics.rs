@@ -9,7 +9,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::engine::{AdaptiveReport, GenerationStats};
+use crate::engine::{AdaptiveReport, EngineInfo, GenerationStats};
 use crate::metric_names::{
     LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH, LABEL_POSITION, NAMESPACE,
     SPEC_DECODE_NUM_ACCEPTED_TOKENS, SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS,
@@ -39,6 +39,9 @@ pub struct Metrics {
     draft_length: IntGaugeVec,
     expected_speedup: GaugeVec,
     rounds_by_draft_length: IntCounterVec,
+    verify_batch_max_tokens: IntGauge,
+    verify_batch_exact_tokens: IntGauge,
+    cpu_backend: IntGaugeVec,
 }
 
 /// Register a metric and hand it back. The definitions in this file are
@@ -180,6 +183,30 @@ impl Metrics {
             "Decoding rounds by the draft length used (0: plain decoding).",
             &[LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH],
         );
+        let verify_batch_max_tokens = gauge(
+            &registry,
+            "verify_batch_max_tokens",
+            "Most tokens one target pass verifies (on CPU: the size measured exact at start-up).",
+        );
+        let verify_batch_exact_tokens = gauge(
+            &registry,
+            "verify_batch_exact_tokens",
+            "Largest target pass measured at start-up to give logits bit-identical to \
+             single-token decoding (0: not measured, no drafters).",
+        );
+        let cpu_backend = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cpu_backend_info",
+                    "llama.cpp's CPU kernels in use (always 1): the module file and the weight \
+                     buffer types it offers (separated by semicolons).",
+                )
+                .namespace(NAMESPACE),
+                &["module", "buffer_types"],
+            )
+            .expect("metric definitions are valid"),
+        );
         Self {
             registry,
             num_drafts,
@@ -197,7 +224,29 @@ impl Metrics {
             draft_length,
             expected_speedup,
             rounds_by_draft_length,
+            verify_batch_max_tokens,
+            verify_batch_exact_tokens,
+            cpu_backend,
         }
+    }
+
+    /// Record what the engine decided at start-up.
+    pub fn observe_engine(&self, info: &EngineInfo) {
+        let verification = &info.verification;
+        self.verify_batch_max_tokens
+            .set(verification.max_verify_batch as i64);
+        self.verify_batch_exact_tokens.set(
+            verification
+                .exactness
+                .as_ref()
+                .map_or(0, |e| e.exact_tokens as i64),
+        );
+        self.cpu_backend
+            .with_label_values(&[
+                info.runtime.cpu_module.as_str(),
+                info.runtime.cpu_buffer_types.join(";").as_str(),
+            ])
+            .set(1);
     }
 
     /// Record the engine's latest adaptive decisions.

@@ -64,6 +64,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let service = Arc::clone(&service);
         tokio::task::spawn_blocking(move || match Engine::start(engine_config) {
             Ok(engine) => {
+                service.metrics.observe_engine(engine.info());
                 tracing::info!("models loaded; ready");
                 service.set_ready(Arc::new(engine));
             }
