@@ -92,7 +92,8 @@ pub fn runtime_info() -> Result<RuntimeInfo, EngineError> {
 
 /// The directories searched for CPU kernel modules: the executable's own
 /// and its parent's (test and example binaries live one level below).
-pub fn module_dirs() -> Vec<PathBuf> {
+#[cfg(feature = "portable")]
+fn module_dirs() -> Vec<PathBuf> {
     let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
         return Vec::new();
     };
