@@ -6,9 +6,10 @@
 //! gives the logits plain decoding would. On CPU that holds for short passes
 //! only, and how short depends on the kernels the CPU selects: with weight
 //! repacking, ggml multiplies a batch's rows in groups with a GEMM kernel and
-//! the rest with the single-token GEMV kernel (on an AMD EPYC, passes of up to
-//! three tokens were exact, four were not); AVX-512 and VNNI kernels may
-//! group differently. So the limit is measured, never assumed: logits of one
+//! the rest with the single-token GEMV kernel (passes of up to three tokens
+//! were exact, four were not, both on an AMD EPYC with the AVX2 kernels and
+//! on an Intel Xeon with the AVX-512 ones); other kernels may group
+//! differently. So the limit is measured, never assumed: logits of one
 //! pass over n tokens against the same tokens evaluated one at a time, for
 //! n = 2, 3, ... until the first pass that differs.
 
