@@ -52,10 +52,10 @@ fn shipped_files() -> Vec<PathBuf> {
 fn the_selected_kernels_are_a_module_without_amx() {
     let info = runtime_info().expect("llama.cpp starts");
     assert!(
-        info.cpu_module.starts_with(CPU_MODULE_PREFIX),
+        info.cpu_module().starts_with(CPU_MODULE_PREFIX),
         "portable builds load a CPU module: {info:?}"
     );
-    assert_ne!(info.cpu_module, AMX_MODULE, "{info:?}");
+    assert_ne!(info.cpu_module(), AMX_MODULE, "{info:?}");
     assert!(
         !info.cpu_buffer_types.iter().any(|b| b == AMX_BUFFER_TYPE),
         "the AMX weight buffer type is offered: {info:?}"

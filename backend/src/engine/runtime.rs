@@ -33,9 +33,7 @@ pub const CPU_MODULE_PREFIX: &str = "libggml-cpu-";
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuntimeInfo {
     /// The file holding the CPU kernels in use: a module such as
-    /// `libggml-cpu-icelake.so` in portable builds, else the binary itself.
-    pub cpu_module: String,
-    /// Where that file lies.
+    /// `…/libggml-cpu-icelake.so` in portable builds, else the binary itself.
     pub cpu_module_path: PathBuf,
     /// Instruction-set features the CPU kernels were compiled for, as
     /// llama.cpp names them (`AVX2`, `AVX512_VNNI`, `REPACK`, ...).
@@ -49,6 +47,16 @@ pub struct RuntimeInfo {
     pub has_gpu: bool,
     /// llama.cpp's system information line.
     pub system_info: String,
+}
+
+impl RuntimeInfo {
+    /// The file name of [`RuntimeInfo::cpu_module_path`].
+    pub fn cpu_module(&self) -> String {
+        self.cpu_module_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
 }
 
 struct Runtime {
@@ -233,10 +241,6 @@ fn inspect() -> Result<RuntimeInfo, EngineError> {
         }
         let cpu_module_path = file_defining(get_features);
         Ok(RuntimeInfo {
-            cpu_module: cpu_module_path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
             cpu_module_path,
             cpu_features,
             cpu_buffer_types,
@@ -269,7 +273,6 @@ mod tests {
 
     fn info(buffer_types: &[&str]) -> RuntimeInfo {
         RuntimeInfo {
-            cpu_module: "libggml-cpu-x.so".into(),
             cpu_module_path: "/opt/specdec/libggml-cpu-x.so".into(),
             cpu_features: vec!["AVX2".into()],
             cpu_buffer_types: buffer_types.iter().map(|s| s.to_string()).collect(),
@@ -277,6 +280,11 @@ mod tests {
             has_gpu: false,
             system_info: String::new(),
         }
+    }
+
+    #[test]
+    fn the_module_is_named_by_its_file() {
+        assert_eq!(info(&[]).cpu_module(), "libggml-cpu-x.so");
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl Metrics {
         );
         self.cpu_backend
             .with_label_values(&[
-                info.runtime.cpu_module.as_str(),
+                info.runtime.cpu_module().as_str(),
                 info.runtime.cpu_buffer_types.join(";").as_str(),
             ])
             .set(1);
