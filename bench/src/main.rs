@@ -4,14 +4,6 @@
 //! prompts to each configuration in turn, and writes JSON, Markdown and a PNG
 //! chart under the output directory.
 
-mod chart;
-mod chrf;
-mod client;
-mod corpus;
-mod modes;
-mod report;
-mod servers;
-mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,12 +13,13 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::Mutex;
 
-use crate::client::{chat, chat_body, Sampling};
-use crate::corpus::{Paragraph, Selection};
-use crate::modes::ServerKind;
-use crate::report::{LoadResult, Machine, Report, Run, Settings};
-use crate::servers::{Server, ServerSettings};
-use crate::tasks::Task;
+use specdec_bench::{chart, chrf, corpus, modes, report, servers};
+use specdec_bench::client::{chat, chat_body, Sampling};
+use specdec_bench::corpus::{Paragraph, Selection};
+use specdec_bench::modes::ServerKind;
+use specdec_bench::report::{LoadResult, Machine, Report, Run, Settings};
+use specdec_bench::servers::{Server, ServerSettings};
+use specdec_bench::tasks::Task;
 
 /// Run the benchmark.
 #[derive(Debug, Parser)]

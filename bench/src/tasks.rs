@@ -52,7 +52,7 @@ impl Task {
 }
 
 /// English names of the benchmark's languages.
-fn language_name(code: &str) -> &'static str {
+pub fn language_name(code: &str) -> &'static str {
     match code {
         "de" => "German",
         "fr" => "French",
