@@ -34,3 +34,21 @@ pub fn model_dir() -> PathBuf {
 pub fn model_path(file: &str) -> PathBuf {
     model_dir().join(file)
 }
+
+/// Directory of trained drafters under the model directory: one
+/// `<language>.gguf` per language (ISO 639-1), [`GENERIC_DRAFTER`]`.gguf`,
+/// and the registry file [`TRAINED_REGISTRY_FILE`] that serves them.
+pub const TRAINED_DRAFTERS_DIR: &str = "drafters";
+
+/// Name of the same-shape drafter trained without per-language finetuning.
+pub const GENERIC_DRAFTER: &str = "generic";
+
+/// Registry file written beside the trained drafters.
+pub const TRAINED_REGISTRY_FILE: &str = "registry.yaml";
+
+/// Path of the trained drafter `name` (a language code or [`GENERIC_DRAFTER`]).
+pub fn trained_drafter_path(name: &str) -> PathBuf {
+    model_dir()
+        .join(TRAINED_DRAFTERS_DIR)
+        .join(format!("{name}.gguf"))
+}
