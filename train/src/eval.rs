@@ -30,7 +30,7 @@ use crate::model::Shape;
 use crate::recipe::{PresetName, Workspace};
 
 /// Name of the 0.5B drafter in the evaluation.
-pub const BASELINE_DRAFTER: &str = "qwen-0.5b";
+pub const BASELINE_DRAFTER: &str = crate::recipe::BASELINE_CANDIDATE;
 
 /// Layers of the default target (Qwen2.5-Coder-1.5B) and 0.5B drafter, for the GPU cost model.
 const TARGET_LAYERS: f64 = 28.0;

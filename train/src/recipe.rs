@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use specdec_backend::config::{
     DraftParams, DrafterConfig, DrafterKind, RegistryConfig, TargetConfig,
 };
-use specdec_backend::models::{GENERIC_DRAFTER, TRAINED_DRAFTERS_DIR, TRAINED_REGISTRY_FILE};
+use specdec_backend::models::{self, GENERIC_DRAFTER, TRAINED_DRAFTERS_DIR, TRAINED_REGISTRY_FILE};
 
 use crate::corpus;
 use crate::data::{self, pack_examples, pack_text, Packed, VocabSubset};
@@ -681,9 +681,13 @@ pub fn full_embedding(
     Ok(Tensor::from_vec(full, (vocab, hidden), &Device::Cpu)?)
 }
 
+/// Name of the 0.5B drafter in the registry of trained drafters.
+pub const BASELINE_CANDIDATE: &str = "qwen-0.5b";
+
 /// The registry serving the trained drafters: each language its specialised
-/// drafter, the generic one for every other language. Paths are relative to
-/// the model directory.
+/// drafter and, where the model directory has it, the 0.5B drafter as a
+/// second candidate; the generic drafter for every other language. Paths
+/// are relative to the model directory.
 pub fn registry(workspace: &Workspace, preset: &Preset) -> RegistryConfig {
     let draft = DraftParams::default();
     let mut drafters: Vec<DrafterConfig> = preset
@@ -698,6 +702,22 @@ pub fn registry(workspace: &Workspace, preset: &Preset) -> RegistryConfig {
             draft,
         })
         .collect();
+    // The 0.5B drafter as a second candidate for the same languages: the
+    // engine's bandit keeps whichever yields more tokens per second.
+    if workspace
+        .model_dir
+        .join(models::DEFAULT_DRAFTER_FILE)
+        .is_file()
+    {
+        drafters.push(DrafterConfig {
+            name: BASELINE_CANDIDATE.into(),
+            kind: DrafterKind::Model,
+            languages: preset.languages.clone(),
+            model: Some(PathBuf::from(models::DEFAULT_DRAFTER_FILE)),
+            gpu_layers: workspace.gpu_layers,
+            draft,
+        });
+    }
     drafters.push(DrafterConfig {
         name: GENERIC_DRAFTER.into(),
         kind: DrafterKind::Model,

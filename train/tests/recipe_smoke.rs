@@ -11,7 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::num::NonZeroU32;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use specdec_backend::models::{self, GENERIC_DRAFTER, TRAINED_DRAFTERS_DIR, TRAINED_REGISTRY_FILE};
+use specdec_backend::speculative::sampling::{self, Distribution, SamplingParams};
+use specdec_backend::speculative::verifier::{check_sampled_token, TokenCheck};
 
 const LANGUAGES: [&str; 3] = ["de", "fr", "ja"];
 
@@ -124,7 +134,10 @@ fn smoke_recipe_end_to_end() {
         .expect("run specdec check");
     assert_success(&check, "specdec check");
     let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(stdout.contains("drafters: de, fr, ja, generic"), "{stdout}");
+    assert!(
+        stdout.contains("drafters: de, fr, ja, qwen-0.5b, generic"),
+        "{stdout}"
+    );
 
     // llama.cpp's own server accepts each drafter for speculative decoding.
     match std::env::var_os("LLAMA_SERVER_BIN") {
@@ -138,6 +151,16 @@ fn smoke_recipe_end_to_end() {
             }
         }
         None => panic!("LLAMA_SERVER_BIN is not set: run `. bench/setup` (scripts/test does)"),
+    }
+
+    // Speculative sampling with a trained drafter keeps the target's
+    // distribution: the engine's acceptance rule, fed the real next-token
+    // distributions of the target and of each trained drafter.
+    for name in &names {
+        assert_sampling_follows_target(
+            &models.join(models::DEFAULT_TARGET_FILE),
+            &drafters.join(format!("{name}.gguf")),
+        );
     }
 
     // An interrupted distillation: the last record half written. Rerunning
@@ -276,4 +299,84 @@ fn request(method: &str, url: &str, body: Option<&str>) -> Option<(u16, String)>
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string());
     Some((code, body))
+}
+
+/// Next-token distributions of `model` after a German translation prompt,
+/// at temperature 0.8 and top-k 40 (the engine's sampling code).
+fn next_token_distribution(model_path: &Path) -> Distribution {
+    let backend = specdec_backend::engine::runtime::backend().expect("llama.cpp backend");
+    let model = LlamaModel::load_from_file(backend, model_path, &LlamaModelParams::default())
+        .expect("load a model");
+    let prompt = "<|im_start|>user\nTranslate the following German text into English. Reply with the translation only.\n\nDas Paketsystem verwaltet die installierte Software.<|im_end|>\n<|im_start|>assistant\nThe";
+    let tokens = model.vocab().tokenize(prompt.as_bytes(), false, true);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(512))
+        .with_n_threads(2)
+        .with_n_threads_batch(2);
+    let mut ctx = model.new_context(backend, params).expect("a context");
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    let last = tokens.len() - 1;
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.add(t, i as i32, &[0], i == last).expect("batch");
+    }
+    ctx.decode(&mut batch).expect("decode");
+    let logits = ctx.get_logits_ith(last as i32).to_vec();
+    let sampling = SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        ..SamplingParams::default()
+    };
+    sampling::distribution(&logits, &sampling)
+}
+
+/// Tokens emitted by speculative sampling (a draft from q checked against p)
+/// follow p: a chi-square test over p's tokens of at least 0.5 % and the rest.
+fn assert_sampling_follows_target(target: &Path, drafter: &Path) {
+    let p = next_token_distribution(target);
+    let q = next_token_distribution(drafter);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let trials = 60_000u64;
+    let mut counts: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    let mut accepted = 0u64;
+    for _ in 0..trials {
+        let x = q.sample(&mut rng);
+        let token = match check_sampled_token(x, &p, &q, &mut rng) {
+            TokenCheck::Accepted => {
+                accepted += 1;
+                x
+            }
+            TokenCheck::Replaced(y) => y,
+        };
+        *counts.entry(token).or_default() += 1;
+    }
+    // Buckets: p's tokens of at least 0.5 %, and everything else.
+    let mut statistic = 0.0;
+    let mut rest_expected = trials as f64;
+    let mut rest_observed = trials;
+    let mut buckets = 0;
+    for &(token, prob) in p.entries() {
+        if prob < 0.005 {
+            continue;
+        }
+        let expected = prob as f64 * trials as f64;
+        let observed = counts.get(&token).copied().unwrap_or(0);
+        statistic += (observed as f64 - expected).powi(2) / expected;
+        rest_expected -= expected;
+        rest_observed -= observed;
+        buckets += 1;
+    }
+    if rest_expected > 5.0 {
+        statistic += (rest_observed as f64 - rest_expected).powi(2) / rest_expected;
+        buckets += 1;
+    }
+    let dof = (buckets - 1).max(1) as f64;
+    // Wilson–Hilferty approximation of the chi-square 99.9 % quantile.
+    let z = 3.09;
+    let critical = dof * (1.0 - 2.0 / (9.0 * dof) + z * (2.0 / (9.0 * dof)).sqrt()).powi(3);
+    assert!(
+        statistic < critical,
+        "{}: emitted tokens do not follow the target (chi-square {statistic:.1}, {dof} dof, critical {critical:.1}; acceptance {:.3})",
+        drafter.display(),
+        accepted as f64 / trials as f64
+    );
 }
