@@ -2,7 +2,7 @@
 //! backend (which reads it) and the operator (which writes it). Compiled
 //! without the `engine` feature, so the operator never links llama.cpp.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -101,7 +101,9 @@ pub struct DrafterConfig {
     /// Kind of drafter.
     #[serde(default)]
     pub kind: DrafterKind,
-    /// ISO 639-1 codes this drafter serves; `*` for any.
+    /// ISO 639-1 codes this drafter serves; `*` for any. Several drafters
+    /// may serve the same language: its requests then choose among them
+    /// round by round (see `speculative::bandit`).
     #[serde(default)]
     pub languages: Vec<String>,
     /// Path of the GGUF file (kind `model` only); a relative path is
@@ -122,7 +124,8 @@ pub struct DrafterConfig {
 pub struct RegistryConfig {
     /// The target model.
     pub target: TargetConfig,
-    /// The drafters.
+    /// The drafters, in order: a language's candidates are its drafters in
+    /// this order.
     #[serde(default)]
     pub drafters: Vec<DrafterConfig>,
     /// Name of the drafter used when no language matches; none means plain decoding.
@@ -180,7 +183,6 @@ impl RegistryConfig {
             ));
         }
         let mut names = BTreeSet::new();
-        let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
         for d in &self.drafters {
             if d.name.is_empty() {
                 return Err("a drafter has an empty name".into());
@@ -203,6 +205,7 @@ impl RegistryConfig {
                 }
                 _ => {}
             }
+            let mut languages = BTreeSet::new();
             for lang in &d.languages {
                 if lang != "*" && !is_iso639_1(lang) {
                     return Err(format!(
@@ -210,9 +213,11 @@ impl RegistryConfig {
                         d.name
                     ));
                 }
-                if let Some(other) = claimed.insert(lang, &d.name) {
+                // Several drafters may serve one language (the engine chooses
+                // among them per round); one drafter naming it twice is a slip.
+                if !languages.insert(lang.as_str()) {
                     return Err(format!(
-                        "language `{lang}` is claimed by drafters `{other}` and `{}`",
+                        "drafter `{}` lists language `{lang}` twice",
                         d.name
                     ));
                 }
@@ -294,9 +299,28 @@ default: lookup
     #[test]
     fn rejects_duplicates_and_dangling_default() {
         assert!(invalid(&EXAMPLE.replace("name: lookup", "name: qwen-0.5b")).contains("used twice"));
-        assert!(invalid(&EXAMPLE.replace("[\"*\"]", "[de]")).contains("claimed by"));
+        assert!(invalid(&EXAMPLE.replace("[de, fr, es]", "[de, fr, de]"))
+            .contains("lists language `de` twice"));
         assert!(invalid(&EXAMPLE.replace("default: lookup", "default: nope")).contains("nope"));
         assert!(invalid(&EXAMPLE.replace("[de, fr, es]", "[deu]")).contains("ISO 639-1"));
         assert!(invalid(&EXAMPLE.replace("min: 0", "min: 9")).contains("draft.min"));
+    }
+
+    #[test]
+    fn several_drafters_may_serve_one_language() {
+        let c = RegistryConfig::from_yaml(&EXAMPLE.replace("[\"*\"]", "[de, \"*\"]")).unwrap();
+        assert_eq!(c.drafters[0].languages, ["de", "fr", "es"]);
+        assert_eq!(c.drafters[1].languages, ["de", "*"]);
+        // And several may serve any language.
+        let text = r#"
+target: { model: /m/t.gguf }
+drafters:
+  - { name: a, kind: ngram, languages: ["*"] }
+  - { name: b, model: /m/d.gguf, languages: ["*", de] }
+default: a
+"#;
+        let c = RegistryConfig::from_yaml(text).unwrap();
+        assert_eq!(c.default.as_deref(), Some("a"));
+        assert_eq!(RegistryConfig::from_yaml(&c.to_yaml().unwrap()).unwrap(), c);
     }
 }

@@ -15,6 +15,14 @@ pub const SPEC_DECODE_NUM_ACCEPTED_TOKENS: &str = "spec_decode_num_accepted_toke
 pub const SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS: &str =
     "spec_decode_num_accepted_tokens_per_pos_total";
 
+/// Per language and candidate drafter: the candidate's share of the
+/// language's recent rounds (discounted, about the last 50), as the bandit
+/// choosing among several candidates sees it.
+pub const BANDIT_CHOICE_SHARE: &str = "bandit_choice_share";
+/// Per language and candidate drafter: tokens per second of its recent
+/// rounds (the bandit's discounted mean reward).
+pub const BANDIT_TOKENS_PER_SECOND: &str = "bandit_tokens_per_second";
+
 /// Label naming the drafter.
 pub const LABEL_DRAFTER: &str = "drafter";
 /// Label naming the request's language.

@@ -1,7 +1,9 @@
 //! Routing requests to drafters by language.
 //!
 //! Order: the request's explicit `language` (ISO 639-1), else the language
-//! detected in the user's text, else the registry's default drafter.
+//! detected in the user's text, else the registry's default drafter. A
+//! language may have several drafters: the route lists them all as
+//! candidates, and the engine picks one per round (`speculative::bandit`).
 //!
 //! Detection uses `whatlang`: a trigram model compiled into the binary (no
 //! data files), about 70 languages, under 0.1 ms per request on one-sentence
@@ -37,8 +39,9 @@ pub enum LanguageSource {
 pub struct Route {
     /// ISO 639-1 code, or [`UNKNOWN_LANGUAGE`].
     pub language: String,
-    /// Drafter name; `None` means plain decoding.
-    pub drafter: Option<String>,
+    /// Candidate drafters, in registry order; the engine chooses among them
+    /// round by round when there are several. Empty means plain decoding.
+    pub drafters: Vec<String>,
     /// How the language was found.
     pub source: LanguageSource,
 }
@@ -51,22 +54,27 @@ pub struct UnknownLanguage(pub String);
 /// Languages to drafters, built from the registry file.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    by_language: BTreeMap<String, String>,
-    wildcard: Option<String>,
+    /// Each language's own drafters, in registry order.
+    by_language: BTreeMap<String, Vec<String>>,
+    /// The drafters serving `*`, in registry order.
+    wildcard: Vec<String>,
     default: Option<String>,
 }
 
 impl Registry {
     /// Build from a validated registry file.
     pub fn new(config: &RegistryConfig) -> Self {
-        let mut by_language = BTreeMap::new();
-        let mut wildcard = None;
+        let mut by_language: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut wildcard = Vec::new();
         for d in &config.drafters {
             for lang in &d.languages {
-                if lang == "*" {
-                    wildcard = Some(d.name.clone());
+                let list = if lang == "*" {
+                    &mut wildcard
                 } else {
-                    by_language.insert(lang.clone(), d.name.clone());
+                    by_language.entry(lang.clone()).or_default()
+                };
+                if !list.contains(&d.name) {
+                    list.push(d.name.clone());
                 }
             }
         }
@@ -77,13 +85,22 @@ impl Registry {
         }
     }
 
-    /// The drafter serving `language`: its own, else the `*` drafter, else the default.
-    fn drafter_for(&self, language: &str) -> Option<String> {
-        self.by_language
-            .get(language)
-            .or(self.wildcard.as_ref())
-            .or(self.default.as_ref())
-            .cloned()
+    /// The candidates serving `language`: its own drafters, else the `*`
+    /// drafters, else the default.
+    pub fn candidates_for(&self, language: &str) -> Vec<String> {
+        match self.by_language.get(language) {
+            Some(own) if !own.is_empty() => own.clone(),
+            _ => self.fallback(),
+        }
+    }
+
+    /// The candidates of a request whose language is not served or unknown.
+    fn fallback(&self) -> Vec<String> {
+        if self.wildcard.is_empty() {
+            self.default.iter().cloned().collect()
+        } else {
+            self.wildcard.clone()
+        }
     }
 
     /// Route a request: `explicit` is its `language` field, `text` the user's text.
@@ -94,19 +111,19 @@ impl Registry {
                 return Err(UnknownLanguage(code));
             }
             return Ok(Route {
-                drafter: self.drafter_for(&code),
+                drafters: self.candidates_for(&code),
                 language: code,
                 source: LanguageSource::Request,
             });
         }
         match detect_language(text) {
             Some(code) => Ok(Route {
-                drafter: self.drafter_for(code),
+                drafters: self.candidates_for(code),
                 language: code.to_string(),
                 source: LanguageSource::Detected,
             }),
             None => Ok(Route {
-                drafter: self.wildcard.clone().or_else(|| self.default.clone()),
+                drafters: self.fallback(),
                 language: UNKNOWN_LANGUAGE.to_string(),
                 source: LanguageSource::Default,
             }),
@@ -252,7 +269,7 @@ default: lookup
         let r = registry()
             .route(Some("ja"), "Guten Tag, wie geht es Ihnen heute?")
             .unwrap();
-        assert_eq!(r.drafter.as_deref(), Some("cjk"));
+        assert_eq!(r.drafters, ["cjk"]);
         assert_eq!(r.source, LanguageSource::Request);
         assert_eq!(r.language, "ja");
     }
@@ -299,8 +316,8 @@ default: lookup
         for (text, lang, drafter) in cases {
             let r = registry().route(None, text).unwrap();
             assert_eq!(
-                (r.language.as_str(), r.drafter.as_deref()),
-                (lang, Some(drafter)),
+                (r.language.as_str(), r.drafters.as_slice()),
+                (lang, [drafter.to_string()].as_slice()),
                 "{text}"
             );
             assert_eq!(r.source, LanguageSource::Detected);
@@ -310,10 +327,53 @@ default: lookup
     #[test]
     fn languages_without_a_drafter_take_the_default() {
         let r = registry().route(Some("ru"), "").unwrap();
-        assert_eq!(r.drafter.as_deref(), Some("lookup"));
+        assert_eq!(r.drafters, ["lookup"]);
         let r = registry().route(None, "ok").unwrap();
         assert_eq!(r.source, LanguageSource::Default);
         assert_eq!(r.language, UNKNOWN_LANGUAGE);
-        assert_eq!(r.drafter.as_deref(), Some("lookup"));
+        assert_eq!(r.drafters, ["lookup"]);
+    }
+
+    #[test]
+    fn without_default_or_wildcard_decoding_is_plain() {
+        let r = Registry::new(
+            &RegistryConfig::from_yaml(
+                "target: { model: /m/t.gguf }\ndrafters: [{ name: d, kind: ngram, languages: [de] }]\n",
+            )
+            .unwrap(),
+        );
+        assert!(r.route(Some("fr"), "").unwrap().drafters.is_empty());
+        assert!(r.route(None, "ok").unwrap().drafters.is_empty());
+    }
+
+    #[test]
+    fn a_language_routes_to_all_its_drafters_in_registry_order() {
+        let r = Registry::new(
+            &RegistryConfig::from_yaml(
+                r#"
+target: { model: /m/t.gguf }
+drafters:
+  - { name: lookup, kind: ngram, languages: [de, "*"] }
+  - { name: euro, model: /m/d.gguf, languages: [fr, de] }
+  - { name: any, model: /m/e.gguf, languages: ["*"] }
+  - { name: cjk, model: /m/f.gguf, languages: [ja] }
+default: cjk
+"#,
+            )
+            .unwrap(),
+        );
+        assert_eq!(r.candidates_for("de"), ["lookup", "euro"]);
+        assert_eq!(r.candidates_for("fr"), ["euro"]);
+        assert_eq!(r.candidates_for("ja"), ["cjk"]);
+        // Languages without their own drafters take every `*` drafter, the
+        // default only when there is none.
+        assert_eq!(r.candidates_for("ru"), ["lookup", "any"]);
+        let unknown = r.route(None, "ok").unwrap();
+        assert_eq!(unknown.drafters, ["lookup", "any"]);
+        let explicit = r.route(Some("DE"), "").unwrap();
+        assert_eq!(
+            (explicit.language.as_str(), explicit.drafters.len()),
+            ("de", 2)
+        );
     }
 }

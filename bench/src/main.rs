@@ -4,7 +4,6 @@
 //! prompts to each configuration in turn, and writes JSON, Markdown and a PNG
 //! chart under the output directory.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,13 +12,13 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::Mutex;
 
-use specdec_bench::{chart, chrf, corpus, modes, report, servers};
 use specdec_bench::client::{chat, chat_body, Sampling};
 use specdec_bench::corpus::{Paragraph, Selection};
 use specdec_bench::modes::ServerKind;
 use specdec_bench::report::{LoadResult, Machine, Report, Run, Settings};
 use specdec_bench::servers::{Server, ServerSettings};
 use specdec_bench::tasks::Task;
+use specdec_bench::{chart, chrf, corpus, modes, report, servers};
 
 /// Run the benchmark.
 #[derive(Debug, Parser)]

@@ -296,9 +296,9 @@ pub(crate) mod tests {
     #[test]
     fn backend_rules_are_enforced_too() {
         let mut spec = sample_spec();
-        spec.drafters[1].languages = spec.drafters[0].languages.clone();
+        spec.drafters[0].languages = vec!["de".into(), "de".into()];
         let err = plan(&spec).unwrap_err().0;
-        assert!(err.contains("claimed by drafters"), "{err}");
+        assert!(err.contains("lists language `de` twice"), "{err}");
         let mut spec = sample_spec();
         spec.default_drafter = Some("missing".into());
         assert!(plan(&spec).unwrap_err().0.contains("not defined"));

@@ -46,15 +46,17 @@ def free_port() -> int:
 
 def registry_yaml(models: Path) -> str:
     """German and French share one drafter, Japanese has its own, English and
-    anything unrecognised go to prompt lookup. The model drafters draft a fixed
-    length (the routing and metrics tests need drafts); lookup is adaptive."""
+    anything unrecognised go to prompt lookup, and Spanish has two candidates
+    (the German one and lookup) that the engine chooses between round by
+    round. The model drafters draft a fixed length (the routing and metrics
+    tests need drafts); lookup is adaptive."""
     return f"""
 target:
   model: {models / TARGET}
   context: 2048
 drafters:
   - name: qwen-euro
-    languages: [de, fr]
+    languages: [de, fr, es]
     model: {models / DRAFTER}
     draft: {{ max: 4, adaptive: false }}
   - name: qwen-ja
@@ -63,7 +65,7 @@ drafters:
     draft: {{ max: 3, adaptive: false }}
   - name: lookup
     kind: ngram
-    languages: [en]
+    languages: [en, es]
     draft: {{ max: 4, min: 2 }}
 default: lookup
 """

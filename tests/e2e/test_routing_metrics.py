@@ -8,6 +8,8 @@ import requests
 
 from conftest import MODEL_NAME, parse_metrics
 
+SPANISH = "Traduce al inglés: Voluntarios de todo el mundo desarrollan Debian juntos y publican nuevas versiones con regularidad."
+
 PROMPTS = {
     "de": "Übersetze ins Englische: Freiwillige in aller Welt entwickeln Debian gemeinsam.",
     "fr": "Traduis en anglais : Des bénévoles du monde entier développent Debian ensemble.",
@@ -39,6 +41,38 @@ def test_languages_route_to_their_drafters(client, server):
         assert f'drafter="{drafter}",language="{lang}"' in metrics
 
 
+def test_a_language_with_two_candidates(client, server):
+    """Spanish routes to both its drafters; the engine switches between them
+    per round, the output stays the target's, the usage breaks the rounds
+    down by drafter and names the one that produced most accepted tokens,
+    and the bandit's view is exported."""
+    plain = chat(client, SPANISH, max_tokens=32,
+                 extra_body={"language": "es", "speculative": {"enabled": False}})
+    r = chat(client, SPANISH, max_tokens=32, extra_body={"language": "es"})
+    assert r.choices[0].message.content == plain.choices[0].message.content
+    spec = speculative(r)
+    assert plain.usage.model_extra["speculative"]["drafters"] == {}
+    drafters = spec["drafters"]
+    assert set(drafters) == {"qwen-euro", "lookup"}, drafters
+    # Each candidate is tried once before the bandit compares them (no
+    # request in Spanish came before).
+    assert all(d["rounds"] >= 1 for d in drafters.values()), drafters
+    assert sum(d["rounds"] for d in drafters.values()) == sum(spec["rounds_by_draft_length"])
+    for field in ("drafts", "draft_tokens", "accepted_tokens"):
+        assert sum(d[field] for d in drafters.values()) == spec[field], field
+    # Reported under the drafter that produced most of the accepted tokens
+    # (a tie goes to more rounds, then to registry order).
+    order = ["qwen-euro", "lookup"]
+    best = max(order, key=lambda n: (drafters[n]["accepted_tokens"], drafters[n]["rounds"], -order.index(n)))
+    assert spec["drafter"] == best
+    shares = {dict(labels)["drafter"]: v for (name, labels), v in parse_metrics(server.metrics()).items()
+              if name == "specdec_bandit_choice_share" and dict(labels)["language"] == "es"}
+    assert set(shares) == {"qwen-euro", "lookup"} and abs(sum(shares.values()) - 1) < 1e-9, shares
+    speeds = [v for (name, labels), v in parse_metrics(server.metrics()).items()
+              if name == "specdec_bandit_tokens_per_second" and dict(labels)["language"] == "es"]
+    assert len(speeds) == 2 and all(v > 0 for v in speeds), speeds
+
+
 SPEC_COUNTERS = {
     "drafts": "specdec_spec_decode_num_drafts_total",
     "draft_tokens": "specdec_spec_decode_num_draft_tokens_total",
@@ -68,13 +102,16 @@ def test_counters_equal_sums_of_usage(client, server):
         (PROMPTS["de"], {}), (PROMPTS["fr"], {}), (PROMPTS["ja"], {}),
         (PROMPTS["de"], {"extra_body": {"language": "ja"}}),
         ("Please repeat exactly: alpha beta gamma alpha beta gamma alpha beta gamma", {}),
+        # Spanish has two candidates: each round counts under the drafter it used.
+        (SPANISH, {"extra_body": {"language": "es"}}),
     ]
     for text, extra in requests_made:
         r = chat(client, text, **extra)
         spec = speculative(r)
-        for field in SPEC_COUNTERS:
-            if spec["drafter"] is not None and spec["drafts"] > 0:
-                expected[(field, spec["drafter"], spec["language"])] += spec[field]
+        for drafter, used in spec["drafters"].items():
+            for field in SPEC_COUNTERS:
+                if used["drafts"] > 0:
+                    expected[(field, drafter, spec["language"])] += used[field]
         expected[("completion_tokens",)] += r.usage.completion_tokens
         expected[("prompt_tokens",)] += r.usage.prompt_tokens
     after = spec_counters(server)
@@ -117,3 +154,4 @@ def test_prometheus_answers_dashboard_queries(client, server, prometheus):
     for lang, s in sums.items():
         assert abs(acceptance[lang] - s["accepted_tokens"] / s["draft_tokens"]) < 1e-9, lang
         assert abs(mean_length[lang] - (1 + s["accepted_tokens"] / s["drafts"])) < 1e-9, lang
+

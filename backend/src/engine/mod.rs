@@ -19,8 +19,8 @@ use crate::config::{DraftParams, DrafterConfig, TargetConfig};
 
 pub use error::EngineError;
 pub use request::{
-    ChatMessage, Completion, DrafterChoice, FinishReason, GenerationEvent, GenerationRequest,
-    GenerationStats, Prompt,
+    main_drafter, Candidate, ChatMessage, Completion, DrafterChoice, DrafterStats, FinishReason,
+    GenerationEvent, GenerationRequest, GenerationStats, Prompt,
 };
 
 /// What the engine loads.
@@ -122,6 +122,23 @@ pub struct AdaptiveReport {
     pub draft_step_ms: f64,
 }
 
+/// What the bandit choosing among a language's candidate drafters knows of
+/// one of them (see [`crate::speculative::bandit`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BanditReport {
+    /// The language (ISO 639-1, `und` when unknown).
+    pub language: String,
+    /// The candidate drafter.
+    pub drafter: String,
+    /// Its share of the language's recent rounds (discounted, about the
+    /// last 50; the shares of a language's candidates sum to 1).
+    pub share: f64,
+    /// Tokens per second of its recent rounds (discounted mean).
+    pub tokens_per_second: f64,
+    /// Rounds it was chosen for in all.
+    pub rounds: u64,
+}
+
 /// Handle to a running engine. Cloning is cheap; the engine thread ends when
 /// the last handle is dropped and the requests in flight are done.
 #[derive(Clone)]
@@ -129,6 +146,7 @@ pub struct Engine {
     commands: mpsc::UnboundedSender<worker::Command>,
     info: Arc<EngineInfo>,
     adaptive: Arc<Mutex<worker::AdaptiveReports>>,
+    bandits: Arc<Mutex<worker::BanditReports>>,
 }
 
 impl Engine {
@@ -138,10 +156,12 @@ impl Engine {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let adaptive = Arc::new(Mutex::new(worker::AdaptiveReports::new()));
+        let bandits = Arc::new(Mutex::new(worker::BanditReports::new()));
         let reports = Arc::clone(&adaptive);
+        let bandit_reports = Arc::clone(&bandits);
         std::thread::Builder::new()
             .name("specdec-engine".into())
-            .spawn(move || worker::run(config, ready_tx, commands_rx, reports))
+            .spawn(move || worker::run(config, ready_tx, commands_rx, reports, bandit_reports))
             .map_err(|e| EngineError::Context {
                 model: "the engine thread".into(),
                 reason: e.to_string(),
@@ -151,7 +171,17 @@ impl Engine {
             commands,
             info: Arc::new(info),
             adaptive,
+            bandits,
         })
+    }
+
+    /// What the bandits know of every language's candidate drafters seen
+    /// in rounds with several candidates.
+    pub fn bandit_reports(&self) -> Vec<BanditReport> {
+        self.bandits
+            .lock()
+            .map(|reports| reports.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The latest adaptive decision of every drafter and language seen.
@@ -222,13 +252,14 @@ impl Collector {
                 self.token_ids.extend(token_ids);
             }
             GenerationEvent::Finished { reason, stats } => {
+                let started_with = self.drafter.take();
                 return Some(Ok(Completion {
                     text: std::mem::take(&mut self.text),
                     token_ids: std::mem::take(&mut self.token_ids),
                     finish_reason: reason,
-                    drafter: self.drafter.take(),
+                    drafter: stats.drafter.clone().or(started_with),
                     stats,
-                }))
+                }));
             }
             GenerationEvent::Failed(e) => return Some(Err(e)),
         }

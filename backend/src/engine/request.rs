@@ -1,5 +1,7 @@
 //! What callers hand to the engine and what they get back.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::DraftParams;
@@ -26,12 +28,39 @@ pub enum Prompt {
 }
 
 /// Which drafter a request uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DrafterChoice {
     /// Plain decoding with the target alone.
     None,
-    /// The drafter of that name.
+    /// The drafter of that name, with [`GenerationRequest::draft`] or its
+    /// configured draft controls.
     Named(String),
+    /// Several candidate drafters in order of preference: the engine
+    /// chooses one for every round, by the tokens per second each has
+    /// delivered for the request's language (see
+    /// [`crate::speculative::bandit`]). One candidate is the same as
+    /// [`DrafterChoice::Named`]; none is plain decoding.
+    Candidates(Vec<Candidate>),
+}
+
+/// A candidate drafter of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// The drafter's name in the engine's configuration.
+    pub name: String,
+    /// Its draft controls for this request; `None` takes
+    /// [`GenerationRequest::draft`], else the drafter's configured ones.
+    pub draft: Option<DraftParams>,
+}
+
+impl Candidate {
+    /// A candidate with the request's (or its configured) draft controls.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            draft: None,
+        }
+    }
 }
 
 /// A generation request.
@@ -45,7 +74,8 @@ pub struct GenerationRequest {
     pub sampling: SamplingParams,
     /// Drafter to speculate with.
     pub drafter: DrafterChoice,
-    /// Draft controls; `None` takes the drafter's configured ones.
+    /// Draft controls; `None` takes the drafter's configured ones. With
+    /// several candidates, those of a candidate that gives none.
     pub draft: Option<DraftParams>,
     /// Stop strings; the text ends before the first one found.
     pub stop: Vec<String>,
@@ -83,6 +113,70 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached, or the context is full.
     Length,
+}
+
+/// What one drafter did in a generation (requests with several candidate
+/// drafters switch between them round by round).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrafterStats {
+    /// Rounds this drafter was chosen for (including those in which it, or
+    /// adaptive drafting, proposed nothing).
+    pub rounds: u64,
+    /// Of those, rounds that verified at least one drafted token.
+    pub drafts: u64,
+    /// Tokens drafted.
+    pub draft_tokens: u64,
+    /// Drafted tokens the target accepted.
+    pub accepted_tokens: u64,
+    /// Accepted count by draft position (index 0 is the first drafted token).
+    #[serde(default)]
+    pub accepted_per_position: Vec<u64>,
+    /// Rounds by the draft length chosen for them (index 0: plain rounds).
+    #[serde(default)]
+    pub rounds_by_draft_length: Vec<u64>,
+}
+
+impl DrafterStats {
+    /// Count a round that drafted `drafted` tokens of which the target
+    /// accepted `accepted`, at the chosen draft length `length`.
+    pub(crate) fn record_round(&mut self, length: usize, drafted: usize, accepted: usize) {
+        self.rounds += 1;
+        if self.rounds_by_draft_length.len() <= length {
+            self.rounds_by_draft_length.resize(length + 1, 0);
+        }
+        self.rounds_by_draft_length[length] += 1;
+        if drafted == 0 {
+            return;
+        }
+        self.drafts += 1;
+        self.draft_tokens += drafted as u64;
+        self.accepted_tokens += accepted as u64;
+        if self.accepted_per_position.len() < drafted {
+            self.accepted_per_position.resize(drafted, 0);
+        }
+        for count in &mut self.accepted_per_position[..accepted.min(drafted)] {
+            *count += 1;
+        }
+    }
+}
+
+/// The drafter a generation is reported under, among `candidates` (name and
+/// statistics, in the order of preference): the one whose drafts produced
+/// most of the accepted tokens; on a tie (say, none accepted) the one chosen
+/// for more rounds, then the earlier.
+pub fn main_drafter<'a>(
+    candidates: impl IntoIterator<Item = (&'a str, &'a DrafterStats)>,
+) -> Option<&'a str> {
+    let mut best: Option<(&str, &DrafterStats)> = None;
+    for (name, stats) in candidates {
+        let better = best.is_none_or(|(_, b)| {
+            (stats.accepted_tokens, stats.rounds) > (b.accepted_tokens, b.rounds)
+        });
+        if better {
+            best = Some((name, stats));
+        }
+    }
+    best.map(|(name, _)| name)
 }
 
 /// Statistics of one generation.
@@ -123,6 +217,15 @@ pub struct GenerationStats {
     pub total_ms: f64,
     /// Generated tokens per second of decoding (after the prompt).
     pub tokens_per_second: f64,
+    /// The drafter the generation is reported under: with several
+    /// candidates, the one that produced most of the accepted tokens (see
+    /// [`main_drafter`]); `None` for plain decoding.
+    #[serde(default)]
+    pub drafter: Option<String>,
+    /// What each candidate drafter did, by name (empty for plain decoding;
+    /// one entry, equal to the totals, with a single drafter).
+    #[serde(default)]
+    pub drafters: BTreeMap<String, DrafterStats>,
 }
 
 impl GenerationStats {
@@ -158,7 +261,8 @@ pub enum GenerationEvent {
     Started {
         /// Tokens in the prompt.
         prompt_tokens: usize,
-        /// The drafter in use, if any.
+        /// The drafter in use, if any; with several candidates the first
+        /// (the one reported at the end is in [`GenerationStats::drafter`]).
         drafter: Option<String>,
     },
     /// New tokens and the text they complete (text may lag tokens by a few
@@ -189,8 +293,54 @@ pub struct Completion {
     pub token_ids: Vec<u32>,
     /// Why it ended.
     pub finish_reason: FinishReason,
-    /// The drafter used, if any.
+    /// The drafter used, if any; with several candidates, the one that
+    /// produced most of the accepted tokens ([`GenerationStats::drafter`]).
     pub drafter: Option<String>,
     /// Statistics.
     pub stats: GenerationStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(rounds: u64, accepted: u64) -> DrafterStats {
+        DrafterStats {
+            rounds,
+            accepted_tokens: accepted,
+            ..DrafterStats::default()
+        }
+    }
+
+    #[test]
+    fn the_main_drafter_produced_most_accepted_tokens() {
+        let (a, b, c) = (stats(10, 3), stats(2, 7), stats(30, 7));
+        assert_eq!(main_drafter([("a", &a), ("b", &b)]), Some("b"));
+        assert_eq!(
+            main_drafter([("a", &a), ("b", &b), ("c", &c)]),
+            Some("c"),
+            "a tie goes to more rounds"
+        );
+        let (x, y) = (stats(5, 0), stats(5, 0));
+        assert_eq!(
+            main_drafter([("x", &x), ("y", &y)]),
+            Some("x"),
+            "then the earlier"
+        );
+        assert_eq!(main_drafter([]), None);
+    }
+
+    #[test]
+    fn rounds_are_counted_by_length_and_position() {
+        let mut d = DrafterStats::default();
+        d.record_round(0, 0, 0);
+        d.record_round(4, 4, 2);
+        d.record_round(4, 3, 3);
+        assert_eq!(
+            (d.rounds, d.drafts, d.draft_tokens, d.accepted_tokens),
+            (3, 2, 7, 5)
+        );
+        assert_eq!(d.rounds_by_draft_length, [1, 0, 0, 0, 2]);
+        assert_eq!(d.accepted_per_position, [2, 2, 1, 0]);
+    }
 }

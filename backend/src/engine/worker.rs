@@ -22,6 +22,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::config::{DraftParams, DrafterKind};
 use crate::speculative::adaptive::{AcceptanceModel, AdaptiveState, CostModel, Options, Proposer};
+use crate::speculative::bandit::Bandit;
 use crate::speculative::ngram::{self, NgramParams};
 use crate::speculative::sampling::{self, Distribution, SamplingParams};
 use crate::speculative::text::TextAssembler;
@@ -30,11 +31,14 @@ use crate::speculative::verifier::{self, Verdict};
 use super::error::EngineError;
 use super::exactness;
 use super::request::{
-    DrafterChoice, FinishReason, GenerationEvent, GenerationRequest, GenerationStats, Prompt,
+    main_drafter, DrafterChoice, DrafterStats, FinishReason, GenerationEvent, GenerationRequest,
+    GenerationStats, Prompt,
 };
 use super::runtime::{backend, runtime_info, RuntimeInfo};
 use super::vocab::{check_compatible, VocabInfo};
-use super::{AdaptiveReport, EngineConfig, EngineInfo, Verification, MAX_VERIFY_BATCH};
+use super::{
+    AdaptiveReport, BanditReport, EngineConfig, EngineInfo, Verification, MAX_VERIFY_BATCH,
+};
 
 /// Whether contexts use a Q8_0 KV cache with flash attention. On CPU, ggml
 /// decodes a single token over an F16/F32 cache of 512 or more cells with a
@@ -178,6 +182,7 @@ pub(super) fn run(
     ready: std::sync::mpsc::SyncSender<Result<EngineInfo, EngineError>>,
     commands: UnboundedReceiver<Command>,
     reports: Arc<Mutex<AdaptiveReports>>,
+    bandit_reports: Arc<Mutex<BanditReports>>,
 ) {
     let LoadedModels {
         target,
@@ -247,6 +252,8 @@ pub(super) fn run(
         costs,
         adaptive: BTreeMap::new(),
         reports,
+        bandits: BTreeMap::new(),
+        bandit_reports,
     };
     scheduler.serve(commands);
 }
@@ -255,7 +262,7 @@ pub(super) fn run(
 struct Slot<'m> {
     target: LlamaContext<'m>,
     /// One context per drafter model (drafters sharing a model share it: a
-    /// slot runs one sequence, with one drafter, at a time).
+    /// slot runs one sequence at a time, and one drafter per round).
     drafters: Vec<LlamaContext<'m>>,
     batch: LlamaBatch<'static>,
     sequence: Option<Sequence>,
@@ -288,11 +295,22 @@ impl<'m> Slot<'m> {
     }
 }
 
+/// A candidate drafter of a request, resolved against the loaded drafters.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    /// Index into the loaded drafters (and their cost models).
+    drafter: usize,
+    /// The drafter's model (index into the slot's drafter contexts), if any.
+    model: Option<usize>,
+    /// Draft controls for this request.
+    draft: DraftParams,
+}
+
 /// A request, validated and tokenized, waiting for a slot.
 struct Prepared {
     tokens: Vec<u32>,
-    drafter: Option<usize>,
-    draft: DraftParams,
+    /// Candidate drafters in order of preference; empty: plain decoding.
+    candidates: Vec<Candidate>,
     sampling: SamplingParams,
     max_tokens: usize,
     stop: Vec<String>,
@@ -302,11 +320,18 @@ struct Prepared {
 /// A request being generated in a slot.
 struct Sequence {
     events: UnboundedSender<GenerationEvent>,
-    drafter: Option<usize>,
-    /// The drafter's model (index into the slot's drafter contexts), if any.
-    drafter_model: Option<usize>,
-    draft: DraftParams,
-    /// Key of the adaptive state: the request's language.
+    /// Candidate drafters in order of preference; empty: plain decoding.
+    candidates: Vec<Candidate>,
+    /// The candidates' drafter indices (the bandit's arms).
+    arms: Vec<usize>,
+    /// The candidate of the current round (0 with fewer than two).
+    current: usize,
+    /// What each candidate did, parallel to `candidates`.
+    by_candidate: Vec<DrafterStats>,
+    /// Tokens the last round produced and its milliseconds of drafting and
+    /// verification: the bandit's reward.
+    last_round: Option<(usize, f64)>,
+    /// Key of the adaptive state and the bandit: the request's language.
     language: String,
     /// Prompt lookup's acceptance in this request (adaptive drafting).
     lookup: AcceptanceModel,
@@ -316,9 +341,11 @@ struct Sequence {
     tokens: Vec<u32>,
     /// Tokens whose keys and values are in the target's KV cache (a prefix of `tokens`).
     target_past: usize,
-    /// Positions held in the drafter's KV cache; beyond `tokens.len()` they
-    /// are the current round's drafted tokens.
-    drafter_past: usize,
+    /// Positions held in each drafter model's KV cache (indexed like the
+    /// slot's drafter contexts); beyond `tokens.len()` they are the current
+    /// round's drafted tokens. A model not used for some rounds lags behind
+    /// and catches up when next used.
+    drafter_past: Vec<usize>,
     rng: ChaCha8Rng,
     text: TextAssembler,
     stats: GenerationStats,
@@ -344,6 +371,10 @@ struct Scheduler<'m> {
     adaptive: BTreeMap<(usize, String), AdaptiveState>,
     /// What the adaptive states last decided, for metrics.
     reports: Arc<Mutex<AdaptiveReports>>,
+    /// Per language, the choice among candidate drafters (arms: drafter indices).
+    bandits: BTreeMap<String, Bandit<usize>>,
+    /// What the bandits last knew, for metrics.
+    bandit_reports: Arc<Mutex<BanditReports>>,
 }
 
 impl<'m> Scheduler<'m> {
@@ -394,19 +425,36 @@ impl<'m> Scheduler<'m> {
             .sampling
             .validate()
             .map_err(|e| EngineError::InvalidRequest(e.message))?;
-        let (drafter, draft) = match &request.drafter {
-            DrafterChoice::None => (None, DraftParams::default()),
-            DrafterChoice::Named(name) => {
-                let index = self
-                    .drafters
-                    .iter()
-                    .position(|d| &d.name == name)
-                    .ok_or_else(|| EngineError::UnknownDrafter(name.clone()))?;
-                (Some(index), self.drafters[index].draft)
+        if let Some(draft) = request.draft {
+            draft.validate().map_err(EngineError::InvalidRequest)?;
+        }
+        let named: Vec<(&str, Option<DraftParams>)> = match &request.drafter {
+            DrafterChoice::None => Vec::new(),
+            DrafterChoice::Named(name) => vec![(name.as_str(), None)],
+            DrafterChoice::Candidates(list) => {
+                list.iter().map(|c| (c.name.as_str(), c.draft)).collect()
             }
         };
-        let draft = request.draft.unwrap_or(draft);
-        draft.validate().map_err(EngineError::InvalidRequest)?;
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(named.len());
+        for (name, draft) in named {
+            let index = self
+                .drafters
+                .iter()
+                .position(|d| d.name == name)
+                .ok_or_else(|| EngineError::UnknownDrafter(name.to_string()))?;
+            let draft = draft
+                .or(request.draft)
+                .unwrap_or(self.drafters[index].draft);
+            draft.validate().map_err(EngineError::InvalidRequest)?;
+            // A drafter named twice is one arm.
+            if candidates.iter().all(|c| c.drafter != index) {
+                candidates.push(Candidate {
+                    drafter: index,
+                    model: self.drafters[index].model,
+                    draft,
+                });
+            }
+        }
         let text = match &request.prompt {
             Prompt::Text(text) => text.clone(),
             Prompt::Chat(messages) => self.render_chat(messages)?,
@@ -428,8 +476,7 @@ impl<'m> Scheduler<'m> {
         }
         Ok(Prepared {
             tokens,
-            drafter,
-            draft,
+            candidates,
             sampling: request.sampling,
             max_tokens: request.max_tokens,
             stop: request.stop,
@@ -480,13 +527,18 @@ impl<'m> Scheduler<'m> {
             };
             let _ = events.send(GenerationEvent::Started {
                 prompt_tokens: p.tokens.len(),
-                drafter: p.drafter.map(|i| self.drafters[i].name.clone()),
+                drafter: p
+                    .candidates
+                    .first()
+                    .map(|c| self.drafters[c.drafter].name.clone()),
             });
             slot.sequence = Some(Sequence {
                 events,
-                drafter: p.drafter,
-                drafter_model: p.drafter.and_then(|i| self.drafters[i].model),
-                draft: p.draft,
+                arms: p.candidates.iter().map(|c| c.drafter).collect(),
+                by_candidate: vec![DrafterStats::default(); p.candidates.len()],
+                candidates: p.candidates,
+                current: 0,
+                last_round: None,
                 language: p.language,
                 lookup: AcceptanceModel::default(),
                 rng: ChaCha8Rng::seed_from_u64(p.sampling.seed),
@@ -494,7 +546,7 @@ impl<'m> Scheduler<'m> {
                 max_tokens: p.max_tokens,
                 tokens: p.tokens,
                 target_past: 0,
-                drafter_past: 0,
+                drafter_past: vec![0; slot.drafters.len()],
                 text: TextAssembler::new(p.stop),
                 stats,
                 started: Instant::now(),
@@ -513,17 +565,30 @@ impl<'m> Scheduler<'m> {
             slot.sequence = None;
             return;
         }
-        let policy = match (seq.drafter, seq.draft.adaptive) {
-            (Some(d), true) => self.costs.get_mut(d).map(|cost| Policy {
+        // Several candidates: the language's bandit picks this round's.
+        // With one (or none) there is nothing to choose and nothing to learn.
+        let choosing = seq.candidates.len() > 1;
+        if choosing {
+            seq.current = match self.bandits.get(&seq.language) {
+                Some(bandit) => bandit.choose(&seq.arms),
+                None => 0,
+            };
+        }
+        let candidate = seq.candidates.get(seq.current).copied();
+        let policy = match candidate {
+            Some(c) if c.draft.adaptive => self.costs.get_mut(c.drafter).map(|cost| Policy {
                 cost,
-                state: self.adaptive.entry((d, seq.language.clone())).or_default(),
+                state: self
+                    .adaptive
+                    .entry((c.drafter, seq.language.clone()))
+                    .or_default(),
             }),
             _ => None,
         };
         let adaptive_key = policy
             .as_ref()
-            .and(seq.drafter)
-            .map(|d| (d, seq.language.clone()));
+            .and(candidate)
+            .map(|c| (c.drafter, seq.language.clone()));
         let outcome = round(
             self.target,
             self.context,
@@ -531,9 +596,46 @@ impl<'m> Scheduler<'m> {
             slot,
             policy,
         );
+        if let (true, Ok(_), Some(c)) = (choosing, &outcome, candidate) {
+            self.learn(index, c.drafter);
+        }
         self.finish_round(index, outcome);
         if let Some(key) = adaptive_key {
             self.report(&key);
+        }
+    }
+
+    /// Feed the round just run with `drafter` to its language's bandit:
+    /// tokens produced per second of drafting and verification (a drafter
+    /// model's catch-up on tokens it had not seen included).
+    fn learn(&mut self, index: usize, drafter: usize) {
+        let Some(seq) = self.slots[index].sequence.as_mut() else {
+            return;
+        };
+        let Some((tokens, round_ms)) = seq.last_round.take() else {
+            return;
+        };
+        if round_ms <= 0.0 {
+            return;
+        }
+        let bandit = self.bandits.entry(seq.language.clone()).or_default();
+        bandit.observe(&drafter, tokens as f64 * 1000.0 / round_ms);
+        let reports: Vec<BanditReport> = bandit
+            .arms()
+            .filter_map(|(&arm, stats)| {
+                Some(BanditReport {
+                    drafter: self.drafters.get(arm)?.name.clone(),
+                    language: seq.language.clone(),
+                    share: bandit.share(&arm),
+                    tokens_per_second: stats.mean(),
+                    rounds: stats.rounds(),
+                })
+            })
+            .collect();
+        if let Ok(mut published) = self.bandit_reports.lock() {
+            for r in reports {
+                published.insert((r.language.clone(), r.drafter.clone()), r);
+            }
         }
     }
 
@@ -555,6 +657,18 @@ impl<'m> Scheduler<'m> {
                 }
                 seq.stats.total_ms = ms(seq.started);
                 seq.stats.finalize();
+                let names: Vec<&str> = seq
+                    .candidates
+                    .iter()
+                    .map(|c| self.drafters[c.drafter].name.as_str())
+                    .collect();
+                seq.stats.drafter =
+                    main_drafter(names.iter().copied().zip(&seq.by_candidate)).map(String::from);
+                seq.stats.drafters = names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .zip(std::mem::take(&mut seq.by_candidate))
+                    .collect();
                 let _ = seq.events.send(GenerationEvent::Finished {
                     reason,
                     stats: std::mem::take(&mut seq.stats),
@@ -602,6 +716,9 @@ impl Scheduler<'_> {
 
 /// Latest adaptive decision per drafter and language.
 pub(super) type AdaptiveReports = BTreeMap<(String, String), AdaptiveReport>;
+
+/// Latest bandit statistics per language and drafter.
+pub(super) type BanditReports = BTreeMap<(String, String), BanditReport>;
 
 /// Prompt lookup as adaptive drafting uses it: a match of at least two
 /// tokens. Single-token matches are common in any text (in translation too)
@@ -826,15 +943,25 @@ struct Draft {
     steps_ms: f64,
 }
 
-/// Propose up to `k` tokens with a drafter model. The drafter first catches
-/// up on the tokens it has not seen, then decodes its own proposals.
+/// Propose up to `k` tokens with drafter model `model`. The drafter first
+/// catches up on the tokens it has not seen (the previous round's last
+/// token, or every token since it last drafted when other candidates
+/// drafted in between), then decodes its own proposals, stopping early
+/// below `p_min` confidence.
 fn draft_with_model(
     seq: &mut Sequence,
+    model: usize,
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
     k: usize,
+    p_min: f32,
     max_verify_batch: usize,
 ) -> Result<Draft, EngineError> {
+    let Some(&past) = seq.drafter_past.get(model) else {
+        return Err(EngineError::Decode(format!(
+            "drafter model {model} has no context in this slot"
+        )));
+    };
     let mut draft = Draft {
         tokens: Vec::with_capacity(k),
         ..Draft::default()
@@ -842,24 +969,24 @@ fn draft_with_model(
     // Catch up the way the target evaluated the same tokens (a long run as a
     // prompt, then its last token alone), so that a drafter identical to the
     // target also computes identical logits.
-    let unseen = seq.tokens[seq.drafter_past..].to_vec();
+    let unseen = seq.tokens[past..].to_vec();
     let (body, last) = if unseen.len() > max_verify_batch {
         unseen.split_at(unseen.len() - 1)
     } else {
         unseen.split_at(0)
     };
-    decode_chunked(ctx, batch, body, seq.drafter_past)?;
+    decode_chunked(ctx, batch, body, past)?;
     let steps_started = Instant::now();
-    decode(ctx, batch, last, seq.drafter_past + body.len(), false)?;
+    decode(ctx, batch, last, past + body.len(), false)?;
     // The first decode is a step when it evaluates one token.
     let catching_up = last.len() > 1;
     let mut steps = usize::from(!catching_up);
     let mut steps_ms = if catching_up { 0.0 } else { ms(steps_started) };
-    seq.drafter_past = seq.tokens.len();
+    seq.drafter_past[model] = seq.tokens.len();
     let mut logits_index = (last.len() - 1) as i32;
     loop {
         let logits = ctx.get_logits_ith(logits_index);
-        if seq.draft.p_min > 0.0 && sampling::top_probability(logits) < seq.draft.p_min {
+        if p_min > 0.0 && sampling::top_probability(logits) < p_min {
             break;
         }
         let token = if seq.sampling.is_greedy() {
@@ -875,10 +1002,10 @@ fn draft_with_model(
             break;
         }
         let t0 = Instant::now();
-        decode(ctx, batch, &[token], seq.drafter_past, false)?;
+        decode(ctx, batch, &[token], seq.drafter_past[model], false)?;
         steps += 1;
         steps_ms += ms(t0);
-        seq.drafter_past += 1;
+        seq.drafter_past[model] += 1;
         logits_index = 0;
     }
     draft.steps = steps;
@@ -948,17 +1075,22 @@ fn round(
         seq.stats.prefill_ms += ms(t0);
     }
 
+    // This round's drafter: the candidate chosen for it, if any.
+    let candidate = seq.candidates.get(seq.current).copied();
+    let drafter_model = candidate.and_then(|c| c.model);
+    let params = candidate.map_or_else(DraftParams::default, |c| c.draft);
+
     // Draft: no more than fits in the context or than max_tokens can use.
     let remaining = seq.max_tokens - seq.stats.completion_tokens;
     let room = context.saturating_sub(len + 1);
-    let most = (seq.draft.max as usize)
+    let most = (params.max as usize)
         .min(room)
         .min(remaining.saturating_sub(1));
     let chunk = max_verify_batch.max(1);
     let t0 = Instant::now();
     // Who drafts how much: the fixed settings, or the adaptive decision
     // among the drafter model, prompt lookup and plain decoding.
-    let (proposer, k, lookup) = match (policy.as_mut(), seq.drafter) {
+    let (proposer, k, lookup) = match (policy.as_mut(), candidate) {
         (Some(p), Some(_)) => {
             let lookup = if most > 0 {
                 ngram::propose(&seq.tokens, ADAPTIVE_LOOKUP, most)
@@ -968,9 +1100,9 @@ fn round(
             let decision = p.state.decide(
                 p.cost,
                 &Options {
-                    model: seq.drafter_model.is_some(),
+                    model: drafter_model.is_some(),
                     lookup: lookup.len(),
-                    min: seq.draft.min as usize,
+                    min: params.min as usize,
                     max: most,
                     chunk,
                 },
@@ -978,18 +1110,23 @@ fn round(
             );
             (decision.proposer, decision.draft_length, lookup)
         }
-        (_, Some(_)) if most > 0 => match seq.drafter_model {
+        (_, Some(_)) if most > 0 => match drafter_model {
             Some(_) => (Proposer::Model, most, Vec::new()),
             None => (Proposer::Lookup, most, Vec::new()),
         },
         _ => (Proposer::None, 0, Vec::new()),
     };
-    let mut draft = match (proposer, seq.drafter_model) {
-        (Proposer::Model, Some(m)) if k > 0 => draft_with_model(
+    let mut draft = match (
+        proposer,
+        drafter_model.and_then(|m| slot.drafters.get_mut(m).map(|ctx| (m, ctx))),
+    ) {
+        (Proposer::Model, Some((m, ctx))) if k > 0 => draft_with_model(
             seq,
-            &mut slot.drafters[m],
+            m,
+            ctx,
             &mut slot.batch,
             k,
+            params.p_min,
             max_verify_batch,
         )?,
         (Proposer::Lookup, _) if k > 0 => {
@@ -1017,11 +1154,12 @@ fn round(
         }
         _ => Draft::default(),
     };
-    if draft.tokens.len() < seq.draft.min as usize {
+    if draft.tokens.len() < params.min as usize {
         draft.tokens.clear();
         draft.dists.clear();
     }
-    seq.stats.draft_ms += ms(t0);
+    let draft_ms = ms(t0);
+    seq.stats.draft_ms += draft_ms;
 
     // Verify the last token and the draft in target passes of at most
     // `max_verify_batch` tokens, evaluated only as far as acceptance goes.
@@ -1049,9 +1187,12 @@ fn round(
             &mut seq.rng,
         )?
     };
-    seq.stats.verify_ms += ms(t0);
+    let verify_ms = ms(t0);
+    seq.stats.verify_ms += verify_ms;
     let passes = std::mem::take(&mut window.passes);
     let Verdict { accepted, next } = verdict;
+    // The round committed the accepted tokens and the target's own.
+    seq.last_round = Some((accepted + 1, draft_ms + verify_ms));
 
     if let Some(p) = policy {
         for &(tokens, pass_ms) in &passes {
@@ -1070,11 +1211,18 @@ fn round(
     let keep = len + accepted;
     truncate_kv(&mut slot.target, keep)?;
     seq.target_past = keep;
-    if let Some(ctx) = seq.drafter_model.map(|m| &mut slot.drafters[m]) {
-        if seq.drafter_past > keep {
-            seq.drafter_past = keep;
-            truncate_kv(ctx, keep)?;
+    // Only this round's drafter model can hold positions past `keep`: the
+    // others stopped at most at the start of this round.
+    if let Some(m) = drafter_model {
+        if let (Some(past), Some(ctx)) = (seq.drafter_past.get_mut(m), slot.drafters.get_mut(m)) {
+            if *past > keep {
+                *past = keep;
+                truncate_kv(ctx, keep)?;
+            }
         }
+    }
+    if let Some(stats) = seq.by_candidate.get_mut(seq.current) {
+        stats.record_round(k, draft.tokens.len(), accepted);
     }
 
     seq.stats.rounds += 1;

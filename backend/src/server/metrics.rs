@@ -9,11 +9,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::engine::{AdaptiveReport, EngineInfo, GenerationStats};
+use crate::engine::{AdaptiveReport, BanditReport, DrafterStats, EngineInfo, GenerationStats};
 use crate::metric_names::{
-    LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH, LABEL_POSITION, NAMESPACE,
-    SPEC_DECODE_NUM_ACCEPTED_TOKENS, SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS,
-    SPEC_DECODE_NUM_DRAFTS, SPEC_DECODE_NUM_DRAFT_TOKENS,
+    BANDIT_CHOICE_SHARE, BANDIT_TOKENS_PER_SECOND, LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH,
+    LABEL_POSITION, NAMESPACE, SPEC_DECODE_NUM_ACCEPTED_TOKENS,
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS, SPEC_DECODE_NUM_DRAFTS, SPEC_DECODE_NUM_DRAFT_TOKENS,
 };
 
 /// Label value for requests decoded without a drafter.
@@ -39,6 +39,8 @@ pub struct Metrics {
     draft_length: IntGaugeVec,
     expected_speedup: GaugeVec,
     rounds_by_draft_length: IntCounterVec,
+    bandit_choice_share: GaugeVec,
+    bandit_tokens_per_second: GaugeVec,
     verify_batch_max_tokens: IntGauge,
     verify_batch_exact_tokens: IntGauge,
     cpu_backend: IntGaugeVec,
@@ -63,6 +65,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
         .expect("metric definitions are valid");
     register(registry, c)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+        .expect("metric definitions are valid");
+    register(registry, g)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -183,6 +191,20 @@ impl Metrics {
             "Decoding rounds by the draft length used (0: plain decoding).",
             &[LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH],
         );
+        let bandit_choice_share = gauge_vec(
+            &registry,
+            BANDIT_CHOICE_SHARE,
+            "Share of the language's recent rounds (discounted, about the last 50) the bandit \
+             gave this candidate drafter, where a language has several.",
+            &[LABEL_LANGUAGE, LABEL_DRAFTER],
+        );
+        let bandit_tokens_per_second = gauge_vec(
+            &registry,
+            BANDIT_TOKENS_PER_SECOND,
+            "Tokens per second of this candidate drafter's recent rounds in the language \
+             (the bandit's discounted mean reward).",
+            &[LABEL_LANGUAGE, LABEL_DRAFTER],
+        );
         let verify_batch_max_tokens = gauge(
             &registry,
             "verify_batch_max_tokens",
@@ -224,6 +246,8 @@ impl Metrics {
             draft_length,
             expected_speedup,
             rounds_by_draft_length,
+            bandit_choice_share,
+            bandit_tokens_per_second,
             verify_batch_max_tokens,
             verify_batch_exact_tokens,
             cpu_backend,
@@ -264,7 +288,23 @@ impl Metrics {
         }
     }
 
-    /// Record a finished generation.
+    /// Record what the bandits know of the languages' candidate drafters.
+    pub fn observe_bandits(&self, reports: &[BanditReport]) {
+        for r in reports {
+            let labels = [r.language.as_str(), r.drafter.as_str()];
+            self.bandit_choice_share
+                .with_label_values(&labels)
+                .set(r.share);
+            self.bandit_tokens_per_second
+                .with_label_values(&labels)
+                .set(r.tokens_per_second);
+        }
+    }
+
+    /// Record a finished generation. The speculative counters go to the
+    /// drafter each round actually used (`stats.drafters`; with several
+    /// candidates a request may use several); the latency histograms to
+    /// `drafter`, the one it is reported under.
     pub fn record_generation(
         &self,
         drafter: Option<&str>,
@@ -278,6 +318,42 @@ impl Metrics {
         self.prompt_tokens.inc_by(stats.prompt_tokens as u64);
         self.generation_tokens
             .inc_by(stats.completion_tokens as u64);
+        if stats.drafters.is_empty() {
+            // Plain decoding (or a backend without the breakdown): all to `drafter`.
+            self.record_rounds(
+                drafter,
+                language,
+                &DrafterStats {
+                    rounds: stats.rounds,
+                    drafts: stats.drafts,
+                    draft_tokens: stats.draft_tokens,
+                    accepted_tokens: stats.accepted_tokens,
+                    accepted_per_position: stats.accepted_per_position.clone(),
+                    rounds_by_draft_length: stats.rounds_by_draft_length.clone(),
+                },
+            );
+        }
+        for (name, used) in &stats.drafters {
+            self.record_rounds(name, language, used);
+        }
+        if let Some(ttft) = time_to_first_token {
+            self.time_to_first_token
+                .with_label_values(&labels)
+                .observe(ttft);
+            if stats.completion_tokens > 1 {
+                self.inter_token_latency
+                    .with_label_values(&labels)
+                    .observe((duration - ttft) / (stats.completion_tokens - 1) as f64);
+            }
+        }
+        self.request_duration
+            .with_label_values(&labels)
+            .observe(duration);
+    }
+
+    /// Count the rounds one drafter was used for.
+    fn record_rounds(&self, drafter: &str, language: &str, stats: &DrafterStats) {
+        let labels = [drafter, language];
         if stats.drafts > 0 {
             self.num_drafts
                 .with_label_values(&labels)
@@ -301,19 +377,6 @@ impl Metrics {
                     .inc_by(rounds);
             }
         }
-        if let Some(ttft) = time_to_first_token {
-            self.time_to_first_token
-                .with_label_values(&labels)
-                .observe(ttft);
-            if stats.completion_tokens > 1 {
-                self.inter_token_latency
-                    .with_label_values(&labels)
-                    .observe((duration - ttft) / (stats.completion_tokens - 1) as f64);
-            }
-        }
-        self.request_duration
-            .with_label_values(&labels)
-            .observe(duration);
     }
 
     /// Count a finished HTTP request by status code.
@@ -335,5 +398,127 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn rounds_count_under_the_drafter_that_ran_them() {
+        let metrics = Metrics::new();
+        let used = |rounds,
+                    drafts,
+                    draft_tokens,
+                    accepted_tokens,
+                    per_position: &[u64],
+                    by_length: &[u64]| {
+            DrafterStats {
+                rounds,
+                drafts,
+                draft_tokens,
+                accepted_tokens,
+                accepted_per_position: per_position.to_vec(),
+                rounds_by_draft_length: by_length.to_vec(),
+            }
+        };
+        let stats = GenerationStats {
+            completion_tokens: 12,
+            rounds: 10,
+            drafts: 3,
+            draft_tokens: 11,
+            accepted_tokens: 4,
+            drafter: Some("model".into()),
+            drafters: [
+                ("model".to_string(), used(7, 2, 3, 3, &[2, 1], &[5, 0, 2])),
+                (
+                    "lookup".to_string(),
+                    used(3, 1, 8, 1, &[1], &[2, 0, 0, 0, 0, 0, 0, 0, 1]),
+                ),
+            ]
+            .into(),
+            ..GenerationStats::default()
+        };
+        metrics.record_generation(Some("model"), "de", &stats, Some(0.1), 1.0);
+        metrics.observe_bandits(&[BanditReport {
+            language: "de".into(),
+            drafter: "model".into(),
+            share: 0.75,
+            tokens_per_second: 20.0,
+            rounds: 7,
+        }]);
+        let text = metrics.render();
+        let series =
+            |name: &str, labels: &str| value(&text, &format!("specdec_{name}{{{labels}}}"));
+        let counter = |name: &str, drafter: &str| {
+            series(name, &format!("drafter=\"{drafter}\",language=\"de\""))
+        };
+        assert_eq!(counter(SPEC_DECODE_NUM_DRAFTS, "model"), Some(2.0));
+        assert_eq!(counter(SPEC_DECODE_NUM_DRAFTS, "lookup"), Some(1.0));
+        assert_eq!(counter(SPEC_DECODE_NUM_DRAFT_TOKENS, "lookup"), Some(8.0));
+        assert_eq!(counter(SPEC_DECODE_NUM_ACCEPTED_TOKENS, "model"), Some(3.0));
+        assert_eq!(
+            series(
+                SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS,
+                "drafter=\"model\",language=\"de\",position=\"1\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            series(
+                "draft_length_rounds_total",
+                "drafter=\"lookup\",language=\"de\",length=\"8\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            series(
+                "draft_length_rounds_total",
+                "drafter=\"model\",language=\"de\",length=\"0\""
+            ),
+            Some(5.0)
+        );
+        // The latency histograms go to the drafter the request is reported under.
+        assert!(text.contains(
+            "specdec_request_duration_seconds_count{drafter=\"model\",language=\"de\"} 1"
+        ));
+        assert!(!text.contains("request_duration_seconds_count{drafter=\"lookup\""));
+        assert_eq!(
+            series(BANDIT_CHOICE_SHARE, "drafter=\"model\",language=\"de\""),
+            Some(0.75)
+        );
+        assert_eq!(
+            series(
+                BANDIT_TOKENS_PER_SECOND,
+                "drafter=\"model\",language=\"de\""
+            ),
+            Some(20.0)
+        );
+    }
+
+    #[test]
+    fn plain_decoding_counts_under_none() {
+        let metrics = Metrics::new();
+        let stats = GenerationStats {
+            rounds: 4,
+            rounds_by_draft_length: vec![4],
+            ..GenerationStats::default()
+        };
+        metrics.record_generation(None, "en", &stats, None, 1.0);
+        let text = metrics.render();
+        assert_eq!(
+            value(
+                &text,
+                "specdec_draft_length_rounds_total{drafter=\"none\",language=\"en\",length=\"0\"}"
+            ),
+            Some(4.0)
+        );
+        assert!(!text.contains("spec_decode_num_drafts_total{"));
     }
 }

@@ -1,6 +1,8 @@
 //! The OpenAI-compatible wire format: request bodies, validated once into
 //! engine requests, and the response and stream-chunk bodies.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -448,10 +450,26 @@ fn text_prompt(prompt: Value) -> Result<(Prompt, String), ApiError> {
     Ok((Prompt::Text(text.clone()), text))
 }
 
+/// `usage.speculative.drafters.NAME`: what one candidate drafter did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrafterUsage {
+    /// Rounds it was chosen for.
+    pub rounds: u64,
+    /// Of those, rounds that verified at least one drafted token.
+    pub drafts: u64,
+    /// Tokens it drafted.
+    pub draft_tokens: u64,
+    /// Of those, tokens the target accepted.
+    pub accepted_tokens: u64,
+}
+
 /// `usage.speculative`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SpeculativeUsage {
-    /// Drafter used, `null` for plain decoding.
+    /// Drafter used, `null` for plain decoding. Where the language has
+    /// several candidate drafters, the one whose drafts produced most of the
+    /// accepted tokens (on a tie, the one used for more rounds, then the
+    /// first in registry order).
     pub drafter: Option<String>,
     /// Routed language.
     pub language: String,
@@ -474,6 +492,10 @@ pub struct SpeculativeUsage {
     /// Of `accepted_tokens`, those proposed by prompt lookup.
     #[serde(default)]
     pub lookup_accepted_tokens: u64,
+    /// Per candidate drafter, by name: what it did in the rounds it was
+    /// chosen for (one entry with a single drafter, none without).
+    #[serde(default)]
+    pub drafters: BTreeMap<String, DrafterUsage>,
 }
 
 /// `usage`.
@@ -507,6 +529,19 @@ impl Usage {
                 rounds_by_draft_length: stats.rounds_by_draft_length.clone(),
                 lookup_draft_tokens: stats.lookup_draft_tokens,
                 lookup_accepted_tokens: stats.lookup_accepted_tokens,
+                drafters: stats
+                    .drafters
+                    .iter()
+                    .map(|(name, d)| {
+                        let usage = DrafterUsage {
+                            rounds: d.rounds,
+                            drafts: d.drafts,
+                            draft_tokens: d.draft_tokens,
+                            accepted_tokens: d.accepted_tokens,
+                        };
+                        (name.clone(), usage)
+                    })
+                    .collect(),
             },
         }
     }

@@ -11,8 +11,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DraftParams, RegistryConfig};
 use crate::engine::{
-    AdaptiveReport, DrafterChoice, Engine, EngineError, FinishReason, GenerationEvent,
-    GenerationRequest, GenerationStats,
+    AdaptiveReport, BanditReport, Candidate, DrafterChoice, Engine, EngineError, FinishReason,
+    GenerationEvent, GenerationRequest, GenerationStats,
 };
 use crate::registry::Registry;
 
@@ -30,6 +30,11 @@ pub trait Backend: Send + Sync + 'static {
     fn adaptive_reports(&self) -> Vec<AdaptiveReport> {
         Vec::new()
     }
+
+    /// What the bandits know of the languages' candidate drafters, for metrics.
+    fn bandit_reports(&self) -> Vec<BanditReport> {
+        Vec::new()
+    }
 }
 
 impl Backend for Engine {
@@ -39,6 +44,10 @@ impl Backend for Engine {
 
     fn adaptive_reports(&self) -> Vec<AdaptiveReport> {
         Engine::adaptive_reports(self)
+    }
+
+    fn bandit_reports(&self) -> Vec<BanditReport> {
+        Engine::bandit_reports(self)
     }
 }
 
@@ -132,6 +141,7 @@ impl Service {
     pub fn render_metrics(&self) -> String {
         if let Some(backend) = self.backend.get() {
             self.metrics.observe_adaptive(&backend.adaptive_reports());
+            self.metrics.observe_bandits(&backend.bandit_reports());
         }
         self.metrics.render()
     }
@@ -151,7 +161,8 @@ impl Service {
                 param: Some("language".into()),
             })?;
         let o = &request.draft_overrides;
-        let routed = match &o.drafter {
+        // A drafter the request names replaces the language's candidates.
+        let routed: Vec<String> = match &o.drafter {
             Some(name) if !self.draft_params.contains_key(name) => {
                 return Err(ApiError::InvalidRequest {
                     message: format!(
@@ -165,28 +176,48 @@ impl Service {
                     param: Some("speculative.drafter".into()),
                 });
             }
-            Some(name) => Some(name.clone()),
-            None => route.drafter,
+            Some(name) => vec![name.clone()],
+            None => route.drafters,
         };
-        let drafter = routed.filter(|_| request.speculative_enabled);
-        let draft = match &drafter {
-            Some(name) => {
-                let base = self.draft_params.get(name).copied().unwrap_or_default();
-                let params = DraftParams {
-                    max: o.max.unwrap_or(base.max),
-                    min: o.min.unwrap_or(base.min),
-                    p_min: o.p_min.unwrap_or(base.p_min),
-                    adaptive: o.adaptive.unwrap_or(base.adaptive && o.max.is_none()),
-                };
-                params
-                    .validate()
-                    .map_err(|message| ApiError::InvalidRequest {
-                        message: format!("speculative: {message}"),
-                        param: Some("speculative".into()),
-                    })?;
-                Some(params)
-            }
-            None => None,
+        let candidates = if request.speculative_enabled {
+            routed
+        } else {
+            Vec::new()
+        };
+        // Each candidate's own draft controls, with the request's overrides.
+        let mut drafts = Vec::with_capacity(candidates.len());
+        for name in &candidates {
+            let base = self.draft_params.get(name).copied().unwrap_or_default();
+            let params = DraftParams {
+                max: o.max.unwrap_or(base.max),
+                min: o.min.unwrap_or(base.min),
+                p_min: o.p_min.unwrap_or(base.p_min),
+                adaptive: o.adaptive.unwrap_or(base.adaptive && o.max.is_none()),
+            };
+            params
+                .validate()
+                .map_err(|message| ApiError::InvalidRequest {
+                    message: format!("speculative: {message}"),
+                    param: Some("speculative".into()),
+                })?;
+            drafts.push(params);
+        }
+        let (choice, draft) = match candidates.as_slice() {
+            [] => (DrafterChoice::None, None),
+            [one] => (DrafterChoice::Named(one.clone()), drafts.first().copied()),
+            several => (
+                DrafterChoice::Candidates(
+                    several
+                        .iter()
+                        .zip(&drafts)
+                        .map(|(name, &draft)| Candidate {
+                            name: name.clone(),
+                            draft: Some(draft),
+                        })
+                        .collect(),
+                ),
+                None,
+            ),
         };
         let permit = Arc::clone(&self.admission)
             .try_acquire_owned()
@@ -197,9 +228,7 @@ impl Service {
             prompt: request.prompt,
             max_tokens: request.max_tokens,
             sampling: request.sampling,
-            drafter: drafter
-                .clone()
-                .map_or(DrafterChoice::None, DrafterChoice::Named),
+            drafter: choice,
             draft,
             stop: request.stop,
             language: Some(route.language.clone()),
@@ -210,7 +239,7 @@ impl Service {
             service: Arc::clone(self),
             events,
             _permit: permit,
-            drafter,
+            drafter: candidates.into_iter().next(),
             language: route.language,
             accepted_at: Instant::now(),
             deadline: tokio::time::Instant::now() + self.config.request_timeout,
@@ -249,7 +278,9 @@ pub struct Generation {
     service: Arc<Service>,
     events: UnboundedReceiver<GenerationEvent>,
     _permit: OwnedSemaphorePermit,
-    /// The drafter in use.
+    /// The drafter in use; with several candidates, the first until the
+    /// generation finishes, then the one that produced most of the accepted
+    /// tokens ([`GenerationStats::drafter`]).
     pub drafter: Option<String>,
     /// The routed language.
     pub language: String,
@@ -294,6 +325,9 @@ impl Generation {
                 }
                 GenerationEvent::Finished { reason, stats } => {
                     self.finish_gauges();
+                    if stats.drafter.is_some() {
+                        self.drafter.clone_from(&stats.drafter);
+                    }
                     let duration = self.accepted_at.elapsed().as_secs_f64();
                     let ttft = self
                         .first_token_at
@@ -341,5 +375,112 @@ impl Drop for Generation {
         // A client that went away: the events channel closes with us, which
         // cancels the generation in the engine.
         self.finish_gauges();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::server::openai::{validate, Endpoint};
+
+    /// A backend that keeps what it is asked to generate.
+    #[derive(Default)]
+    struct Capture(Mutex<Vec<GenerationRequest>>);
+
+    impl Backend for Capture {
+        fn submit(&self, request: GenerationRequest) -> UnboundedReceiver<GenerationEvent> {
+            if let Ok(mut requests) = self.0.lock() {
+                requests.push(request);
+            }
+            mpsc::unbounded_channel().1
+        }
+    }
+
+    const REGISTRY: &str = r#"
+target: { model: /m/t.gguf }
+drafters:
+  - { name: lookup-k8, kind: ngram, languages: [de], draft: { max: 8, adaptive: false } }
+  - { name: euro, model: /m/d.gguf, languages: [de, fr] }
+"#;
+
+    /// Start a request with `extra` JSON fields and hand back what the
+    /// backend was asked and the drafter the generation starts under.
+    fn start(extra: &str) -> (GenerationRequest, Option<String>) {
+        let registry = RegistryConfig::from_yaml(REGISTRY).unwrap();
+        let config = ServiceConfig {
+            model_name: "m".into(),
+            slots: 1,
+            max_waiting: 4,
+            request_timeout: Duration::from_secs(60),
+        };
+        let service = Arc::new(Service::new(config, &registry));
+        let backend = Arc::new(Capture::default());
+        service.set_ready(backend.clone());
+        let body = format!(
+            r#"{{"model": "m", "messages": [{{"role": "user", "content": "Hallo"}}] {extra}}}"#
+        );
+        let request = validate(Endpoint::Chat, body.as_bytes(), "m").unwrap();
+        let generation = service.start("id".into(), request).unwrap();
+        let drafter = generation.drafter.clone();
+        let submitted = backend.0.lock().unwrap().pop().unwrap();
+        (submitted, drafter)
+    }
+
+    fn candidates(request: &GenerationRequest) -> Vec<(String, DraftParams)> {
+        match &request.drafter {
+            DrafterChoice::Candidates(list) => list
+                .iter()
+                .map(|c| (c.name.clone(), c.draft.unwrap()))
+                .collect(),
+            other => panic!("not candidates: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_language_with_several_drafters_passes_them_all_with_their_settings() {
+        let (request, drafter) = start(r#", "language": "de""#);
+        let fixed = DraftParams {
+            max: 8,
+            adaptive: false,
+            ..DraftParams::default()
+        };
+        assert_eq!(
+            candidates(&request),
+            [
+                ("lookup-k8".to_string(), fixed),
+                ("euro".to_string(), DraftParams::default())
+            ]
+        );
+        assert_eq!(request.draft, None);
+        assert_eq!(request.language.as_deref(), Some("de"));
+        assert_eq!(
+            drafter.as_deref(),
+            Some("lookup-k8"),
+            "the first, until finished"
+        );
+        // The request's overrides apply to every candidate.
+        let (request, _) = start(r#", "language": "de", "speculative": {"max": 3}"#);
+        for (_, draft) in candidates(&request) {
+            assert_eq!((draft.max, draft.adaptive), (3, false));
+        }
+    }
+
+    #[test]
+    fn one_drafter_a_named_drafter_and_no_speculation_work_as_before() {
+        let (request, drafter) = start(r#", "language": "fr""#);
+        assert_eq!(request.drafter, DrafterChoice::Named("euro".into()));
+        assert_eq!(request.draft, Some(DraftParams::default()));
+        assert_eq!(drafter.as_deref(), Some("euro"));
+        let (request, _) = start(r#", "language": "de", "speculative": {"drafter": "euro"}"#);
+        assert_eq!(request.drafter, DrafterChoice::Named("euro".into()));
+        let (request, drafter) = start(r#", "language": "de", "speculative": {"enabled": false}"#);
+        assert_eq!(
+            (request.drafter, request.draft, drafter),
+            (DrafterChoice::None, None, None)
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! llama.cpp.
 
 pub mod adaptive;
+pub mod bandit;
 pub mod ngram;
 pub mod sampling;
 pub mod text;
