@@ -215,7 +215,7 @@ fn assert_llama_server_drafts_with(server: &Path, models: &Path, drafter: &Path)
             "1024",
             "-t",
             "2",
-            "--draft-max",
+            "--spec-draft-n-max",
             "4",
         ])
         .stdout(Stdio::null())
