@@ -474,17 +474,7 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 
 /// The machine and software this run measures.
 fn machine(llama_server: &Path) -> Machine {
-    let cpuinfo = read("/proc/cpuinfo");
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split(':').nth(1))
-        })
-        .map_or_else(
-            || std::env::consts::ARCH.to_string(),
-            |s| s.trim().to_string(),
-        );
+    let cpu = report::cpu_name();
     let memory_gib = read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))

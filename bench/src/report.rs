@@ -653,6 +653,20 @@ pub fn chart(report: &Report, font: &Path, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPU's model name from `/proc/cpuinfo` (the architecture where it has none).
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -287,7 +287,7 @@ pub fn run(options: &EvalOptions) -> Result<EvalReport, EvalError> {
         draft_length: options.draft_length,
         shape: options.shape.clone(),
         gpu_cost_model: "speedup = tau / (k * c + 1), c = drafter layers / target layers (28); verification of k+1 tokens costs one target step".into(),
-        cpu: cpu_name(),
+        cpu: specdec_bench::report::cpu_name(),
         languages,
     };
     write_reports(&report, &options.out)?;
@@ -385,18 +385,6 @@ impl Totals {
             identical_to_target: true,
         }
     }
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The report as a Markdown table.
