@@ -1,5 +1,5 @@
 //! Self-distillation: the target answers prompts built from the corpus of a
-//! language through specdec's own engine, greedy and sampled (the paper's
+//! language (many at once, see [`crate::batched`]), greedy and sampled (the paper's
 //! T in {0, 0.3, 0.7, 1}); the answers, as token ids, are what a drafter
 //! for that language is finetuned on. Resumable: each answer is appended
 //! and flushed as it completes, and a rerun continues after the last one.
@@ -11,11 +11,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use specdec_backend::config::TargetConfig;
-use specdec_backend::engine::{Engine, EngineConfig, FinishReason, GenerationRequest, Prompt};
-use specdec_backend::speculative::sampling::SamplingParams;
 use specdec_bench::tasks::{language_name, Task};
 
+use crate::batched::{self, Answer, GeneratorSettings, Job};
 use crate::corpus;
 use crate::data::{Example, JsonlAppender};
 use crate::progress::Progress;
@@ -92,8 +90,10 @@ pub struct DistillOptions {
     pub seed: u64,
     /// The target model.
     pub target: PathBuf,
-    /// CPU threads of the engine.
+    /// CPU threads.
     pub threads: u32,
+    /// Answers generated together, in one llama.cpp pass per step.
+    pub sequences: usize,
     /// Layers of the target offloaded to a GPU.
     pub gpu_layers: u32,
 }
@@ -130,9 +130,9 @@ pub enum DistillError {
     /// The examples file cannot be read or written.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
-    /// The engine failed.
-    #[error("the target engine: {0}")]
-    Engine(#[from] specdec_backend::engine::EngineError),
+    /// Generation failed.
+    #[error("the target: {0}")]
+    Generate(#[from] crate::batched::GenerateError),
     /// Tokenizing failed.
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
@@ -196,7 +196,6 @@ pub fn run(options: &DistillOptions, tokenizer: &Tokenizer) -> Result<DistillRep
         path: options.out.clone(),
         source,
     })?;
-    let mut engine: Option<Engine> = None;
     let mut report = DistillReport::default();
     for language in &options.languages {
         let path = options.out.join(format!("{language}.jsonl"));
@@ -213,53 +212,78 @@ pub fn run(options: &DistillOptions, tokenizer: &Tokenizer) -> Result<DistillRep
                 options.paragraph_chars,
                 options.seed,
             )?;
-            let engine = match &mut engine {
-                Some(engine) => engine,
-                None => engine.insert(start_engine(options)?),
-            };
-            let mut progress = Progress::new(
-                &format!("distill {language}"),
-                options.per_language as u64,
-                next_id as u64,
-            );
+            let mut pending: Vec<Pending> = Vec::new();
             for id in next_id..options.per_language {
                 let paragraph = &paragraphs[id % paragraphs.len()];
                 let kind = options.kinds[id % options.kinds.len()];
                 let temperature =
                     options.temperatures[(id / options.kinds.len()) % options.temperatures.len()];
                 let user = kind.prompt(language, &paragraph.text);
-                let rendered = tokenizer.chat_prompt(&user)?;
-                let prompt = tokenizer.encode(&rendered, true)?;
-                let mut request =
-                    GenerationRequest::new(Prompt::Text(rendered), options.max_tokens);
-                request.sampling = SamplingParams {
-                    temperature,
-                    seed: options.seed ^ language_seed(language) ^ id as u64,
-                    ..SamplingParams::default()
-                };
-                let completion = engine.generate_blocking(request)?;
-                let mut response = completion.token_ids;
-                generated_now += response.len();
-                if completion.finish_reason == FinishReason::Stop {
-                    // The end of the turn is a token the drafter must learn to propose too.
-                    response.push(tokenizer.eos());
-                }
-                response_tokens += response.len();
-                appender.append(&Example {
+                let prompt = tokenizer.encode(&tokenizer.chat_prompt(&user)?, true)?;
+                pending.push(Pending {
                     id,
-                    kind: kind.name().into(),
+                    kind,
                     temperature,
                     source: paragraph.source.clone(),
                     prompt,
-                    response,
-                })?;
-                examples += 1;
+                });
+            }
+            let jobs: Vec<Job> = pending
+                .iter()
+                .map(|p| Job {
+                    prompt: p.prompt.clone(),
+                    temperature: p.temperature,
+                    seed: options.seed ^ language_seed(language) ^ p.id as u64,
+                })
+                .collect();
+            let settings = GeneratorSettings {
+                target: options.target.clone(),
+                sequences: options.sequences,
+                max_tokens: options.max_tokens,
+                max_prompt: jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(1),
+                threads: options.threads,
+                gpu_layers: options.gpu_layers,
+            };
+            let mut progress = Progress::new(
+                &format!("distill {language}"),
+                options.per_language as u64,
+                next_id as u64,
+            );
+            // Answers finish out of order; the file is written in id order so
+            // that a resumed run continues after its last line.
+            let mut finished: Vec<Option<Answer>> = vec![None; pending.len()];
+            let mut written = 0usize;
+            batched::generate(&settings, &jobs, |index, answer| {
+                generated_now += answer.tokens.len();
+                finished[index] = Some(answer);
+                while let Some(answer) = finished.get_mut(written).and_then(Option::take) {
+                    let p = &pending[written];
+                    let mut response = answer.tokens;
+                    if answer.stopped {
+                        // The end of the turn is a token the drafter must learn to propose too.
+                        response.push(tokenizer.eos());
+                    }
+                    response_tokens += response.len();
+                    appender
+                        .append(&Example {
+                            id: p.id,
+                            kind: p.kind.name().into(),
+                            temperature: p.temperature,
+                            source: p.source.clone(),
+                            prompt: p.prompt.clone(),
+                            response,
+                        })
+                        .map_err(|e| e.to_string())?;
+                    examples += 1;
+                    written += 1;
+                }
                 let rate = generated_now as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 progress.update(
-                    id as u64 + 1,
+                    (next_id + written) as u64,
                     &format!("{response_tokens} response tokens, {rate:.1} tokens/s"),
                 );
-            }
+                Ok(())
+            })?;
             progress.finish();
         }
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
@@ -283,15 +307,13 @@ pub fn run(options: &DistillOptions, tokenizer: &Tokenizer) -> Result<DistillRep
     Ok(report)
 }
 
-fn start_engine(options: &DistillOptions) -> Result<Engine, DistillError> {
-    let target = TargetConfig {
-        model: options.target.clone(),
-        context: 4096,
-        gpu_layers: options.gpu_layers,
-    };
-    let mut config = EngineConfig::new(target);
-    config.threads = options.threads;
-    Ok(Engine::start(config)?)
+/// A planned example waiting for its answer.
+struct Pending {
+    id: usize,
+    kind: PromptKind,
+    temperature: f32,
+    source: String,
+    prompt: Vec<u32>,
 }
 
 /// Read the distilled examples of `language`.

@@ -5,6 +5,7 @@
 //!
 //! - [`corpus`]: multilingual text from Debian packages, deduplicated, with a manifest.
 //! - [`distill`]: the target's answers to prompts built from the corpus.
+//! - [`batched`]: many of those answers generated in one llama.cpp pass per step.
 //! - [`data`]: token files, sequence packing and loss masks.
 //! - [`model`]: the drafter (Qwen2 blocks) on candle.
 //! - [`init`]: the drafter's embedding initialised from the target's.
@@ -13,6 +14,7 @@
 //! - [`eval`]: acceptance and cost of specialised, generic and 0.5B drafters.
 //! - [`tokenizer`]: the target's tokenizer, through llama.cpp.
 
+pub mod batched;
 pub mod corpus;
 pub mod data;
 pub mod distill;

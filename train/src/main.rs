@@ -46,7 +46,7 @@ struct Common {
     /// The target model (default: the default target in the model directory).
     #[arg(long, global = true)]
     target: Option<PathBuf>,
-    /// CPU threads of the engine (distillation, evaluation).
+    /// CPU threads of llama.cpp (distillation, evaluation).
     #[arg(long, global = true, env = "SPECDEC_THREADS")]
     threads: Option<u32>,
     /// Layers of the target offloaded to a GPU (distillation, evaluation).
@@ -285,6 +285,7 @@ fn distill_stage(workspace: &Workspace, preset: &Preset) -> anyhow::Result<()> {
         seed: preset.pretrain.seed,
         target: workspace.target.clone(),
         threads: workspace.threads,
+        sequences: preset.distill_sequences,
         gpu_layers: workspace.gpu_layers,
     };
     let report = distill::run(&options, &tokenizer)?;

@@ -96,6 +96,8 @@ pub struct Preset {
     pub distill_per_language: usize,
     /// Longest distilled answer, in tokens.
     pub distill_max_tokens: usize,
+    /// Answers generated together (one llama.cpp pass per step).
+    pub distill_sequences: usize,
     /// Prompt kinds of distillation, cycled.
     pub distill_kinds: Vec<PromptKind>,
     /// Sampling temperatures of distillation, cycled.
@@ -164,6 +166,7 @@ impl Preset {
                 pretrain_tokens_per_language: 20_000,
                 distill_per_language: 3,
                 distill_max_tokens: 24,
+                distill_sequences: 4,
                 distill_kinds: kinds,
                 distill_temperatures: vec![0.0, 0.7],
                 shape: Shape {
@@ -202,9 +205,10 @@ impl Preset {
                 name,
                 languages,
                 pretrain_languages,
-                pretrain_tokens_per_language: 120_000,
-                distill_per_language: 32,
+                pretrain_tokens_per_language: 160_000,
+                distill_per_language: 144,
                 distill_max_tokens: 128,
+                distill_sequences: 16,
                 distill_kinds: kinds,
                 distill_temperatures: vec![0.0, 0.3, 0.7, 1.0],
                 shape,
@@ -212,24 +216,24 @@ impl Preset {
                     seq_len: 256,
                     micro_batch: 8,
                     accumulation: 1,
-                    steps: 120,
-                    warmup: 10,
-                    checkpoint_every: 20,
+                    steps: 300,
+                    warmup: 15,
+                    checkpoint_every: 50,
                     ..base.clone()
                 },
                 finetune: TrainSettings {
                     seq_len: 256,
                     micro_batch: 8,
                     accumulation: 1,
-                    steps: 40,
-                    warmup: 4,
-                    learning_rate: 1e-3,
-                    min_learning_rate: 1e-4,
-                    checkpoint_every: 10,
+                    steps: 72,
+                    warmup: 6,
+                    learning_rate: 1.5e-3,
+                    min_learning_rate: 1.5e-4,
+                    checkpoint_every: 12,
                     ..base.clone()
                 },
                 weight_type: WeightType::F16,
-                eval_prompts: 4,
+                eval_prompts: 8,
                 eval_max_tokens: 96,
                 eval_draft_length: 4,
             },
@@ -244,6 +248,7 @@ impl Preset {
                 pretrain_tokens_per_language: 20_000_000,
                 distill_per_language: 4000,
                 distill_max_tokens: 512,
+                distill_sequences: 64,
                 distill_kinds: kinds,
                 distill_temperatures: vec![0.0, 0.3, 0.7, 1.0],
                 shape: Shape {
@@ -291,7 +296,7 @@ pub struct Workspace {
     pub target: PathBuf,
     /// The model directory; trained drafters go to its `drafters/`.
     pub model_dir: PathBuf,
-    /// Threads of the engine (distillation, evaluation).
+    /// CPU threads of llama.cpp (distillation, evaluation).
     pub threads: u32,
     /// Layers of the target on a GPU (distillation, evaluation).
     pub gpu_layers: u32,

@@ -1,5 +1,5 @@
 //! The whole recipe on the smoke preset, end to end, against the real
-//! target: corpus from the Debian packages, distillation through the engine,
+//! target: corpus from the Debian packages, batched distillation by the target,
 //! pretraining, finetuning per language, the generic drafter, GGUF export,
 //! evaluation on held-out prompts. Then what users do with the drafters:
 //! `specdec check` accepts the registry, llama.cpp's `llama-server` loads
@@ -177,8 +177,20 @@ fn smoke_recipe_end_to_end() {
     let resumed_lines: Vec<&str> = resumed.lines().collect();
     assert_eq!(resumed_lines.len(), lines.len());
     assert_eq!(resumed_lines[..lines.len() - 1], lines[..lines.len() - 1]);
-    // Greedy or seeded sampling: the redone answer is the same answer.
-    assert_eq!(resumed_lines[lines.len() - 1], lines[lines.len() - 1]);
+    // The redone record is the same example: id, prompt, kind and
+    // temperature. Its answer may differ in a token where a near-tie fell
+    // the other way: it was generated alone, the original in a batch, and
+    // llama.cpp's CPU kernels are not bit-identical across batch sizes.
+    let record =
+        |line: &str| -> serde_json::Value { serde_json::from_str(line).expect("a record") };
+    let (redone, original) = (
+        record(resumed_lines[lines.len() - 1]),
+        record(lines[lines.len() - 1]),
+    );
+    for field in ["id", "kind", "temperature", "source", "prompt"] {
+        assert_eq!(redone[field], original[field], "{field}");
+    }
+    assert!(!redone["response"].as_array().expect("response").is_empty());
 
     // A truncated file is refused by training with its name and line.
     std::fs::write(&distilled, format!("{keep}\n{cut}")).expect("cut the last record");
