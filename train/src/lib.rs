@@ -12,6 +12,7 @@
 //! - [`trainer`]: AdamW with warm-up and cosine decay, checkpoints, resume.
 //! - [`export`]: GGUF files the engine and llama.cpp load.
 //! - [`eval`]: acceptance and cost of specialised, generic and 0.5B drafters.
+//! - [`sweep`]: the drafter's shape chosen by draft cost against acceptance.
 //! - [`tokenizer`]: the target's tokenizer, through llama.cpp.
 
 pub mod batched;
@@ -25,5 +26,6 @@ pub mod loss;
 pub mod model;
 pub mod progress;
 pub mod recipe;
+pub mod sweep;
 pub mod tokenizer;
 pub mod trainer;

@@ -11,6 +11,7 @@ use specdec_train::corpus;
 use specdec_train::distill::{self, DistillOptions};
 use specdec_train::eval::{self, EvalOptions};
 use specdec_train::recipe::{self, Preset, PresetName, Stage, Workspace};
+use specdec_train::sweep;
 use specdec_train::tokenizer::Tokenizer;
 
 /// Train drafters specialised per language for specdec: corpus,
@@ -93,6 +94,20 @@ enum Command {
         #[arg(long, default_value = "train/results")]
         out: PathBuf,
     },
+    /// Measure candidate drafter shapes (depth 1/2/4, 1.5x width): each
+    /// pretrained and finetuned for one language, its acceptance on held-out
+    /// prompts and its draft-step cost in llama.cpp.
+    Sweep {
+        /// Language of the finetuning and of the held-out prompts.
+        #[arg(long, default_value = "de")]
+        language: String,
+        /// Directory of the Debian Reference (held-out prompts).
+        #[arg(long, default_value = specdec_bench::corpus::DEFAULT_DIR)]
+        reference: PathBuf,
+        /// Where `shapes-<preset>.{json,md}` go.
+        #[arg(long, default_value = "train/results")]
+        out: PathBuf,
+    },
     /// Run every stage in order: corpus, distill, train, export, eval.
     Quick {
         /// Directory of the Debian Reference (held-out prompts).
@@ -164,6 +179,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval { reference, out } => eval_stage(&workspace, &preset, &reference, &out),
+        Command::Sweep {
+            language,
+            reference,
+            out,
+        } => {
+            if !preset.languages.contains(&language) {
+                anyhow::bail!(
+                    "{language} is not among the preset's languages {:?} (set --languages)",
+                    preset.languages
+                );
+            }
+            let options = sweep::SweepOptions {
+                language,
+                shapes: sweep::candidates(&preset.shape),
+                // Twice the evaluation's prompts: acceptance here needs no engine runs.
+                prompts: preset.eval_prompts * 2,
+                max_tokens: preset.eval_max_tokens,
+                draft_length: preset.eval_draft_length,
+                reference,
+                out,
+            };
+            let report = sweep::run(&workspace, &preset, &options)?;
+            println!("{}", sweep::markdown(&report));
+            Ok(())
+        }
         Command::Quick { reference, out } => {
             let started = Instant::now();
             let mut times = Vec::new();

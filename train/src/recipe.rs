@@ -635,21 +635,7 @@ pub fn export_all(
         } else {
             Stage::Finetune(name.clone())
         };
-        let weights_path = workspace.run(preset, &stage.run_name()).join(FINAL_WEIGHTS);
-        if !weights_path.is_file() {
-            return Err(RecipeError::Missing(format!(
-                "{} does not exist: train `{}` first",
-                weights_path.display(),
-                stage.run_name()
-            )));
-        }
-        let mut trainable = fresh(preset, prepared, &Device::Cpu)?;
-        trainable.load(&weights_path)?;
-        let mut weights = trainable.weights()?;
-        let rows = weights
-            .remove(EMBEDDING_ROWS)
-            .ok_or_else(|| RecipeError::Missing("the embedding rows are missing".into()))?;
-        let embedding = full_embedding(&prepared.embedding, &prepared.subset, &rows)?;
+        let (weights, embedding) = trained(workspace, preset, prepared, &stage)?;
         let path = out.join(format!("{name}.gguf"));
         let summary = export::write_gguf(
             &path,
@@ -667,6 +653,32 @@ pub fn export_all(
     let yaml = registry.to_yaml().map_err(|e| file_error(&out, e))?;
     write_atomically(&out.join(TRAINED_REGISTRY_FILE), yaml.as_bytes())?;
     Ok(summaries)
+}
+
+/// A finished stage's weights on the CPU, by GGUF name (layers only), and
+/// the full embedding (the subset's rows trained, the others projected).
+pub fn trained(
+    workspace: &Workspace,
+    preset: &Preset,
+    prepared: &Prepared,
+    stage: &Stage,
+) -> Result<(BTreeMap<String, Tensor>, Tensor), RecipeError> {
+    let weights_path = workspace.run(preset, &stage.run_name()).join(FINAL_WEIGHTS);
+    if !weights_path.is_file() {
+        return Err(RecipeError::Missing(format!(
+            "{} does not exist: train `{}` first",
+            weights_path.display(),
+            stage.run_name()
+        )));
+    }
+    let mut trainable = fresh(preset, prepared, &Device::Cpu)?;
+    trainable.load(&weights_path)?;
+    let mut weights = trainable.weights()?;
+    let rows = weights
+        .remove(EMBEDDING_ROWS)
+        .ok_or_else(|| RecipeError::Missing("the embedding rows are missing".into()))?;
+    let embedding = full_embedding(&prepared.embedding, &prepared.subset, &rows)?;
+    Ok((weights, embedding))
 }
 
 /// The full embedding with the subset's rows replaced by the trained ones.
