@@ -156,7 +156,6 @@ pub fn generate(
     let mut ctx = model
         .new_context(backend, params)
         .map_err(|e| GenerateError::Llama(e.to_string()))?;
-    let vocab = usize::try_from(model.n_vocab()).unwrap_or(0);
     let mut batch = LlamaBatch::new(PASS_TOKENS, sequences as i32);
     let mut queue: VecDeque<usize> = (0..jobs.len()).collect();
     let mut slots: Vec<Option<Active>> = (0..sequences).map(|_| None).collect();
@@ -217,7 +216,6 @@ pub fn generate(
                 continue;
             };
             let logits = ctx.get_logits_ith(row);
-            let logits = &logits[..vocab.min(logits.len())];
             let job = &jobs[active.job];
             let token = if job.temperature <= 0.0 {
                 sampling::argmax(logits)

@@ -213,29 +213,24 @@ pub fn run(options: &DistillOptions, tokenizer: &Tokenizer) -> Result<DistillRep
                 options.seed,
             )?;
             let mut pending: Vec<Pending> = Vec::new();
+            let mut jobs: Vec<Job> = Vec::new();
             for id in next_id..options.per_language {
                 let paragraph = &paragraphs[id % paragraphs.len()];
                 let kind = options.kinds[id % options.kinds.len()];
                 let temperature =
                     options.temperatures[(id / options.kinds.len()) % options.temperatures.len()];
                 let user = kind.prompt(language, &paragraph.text);
-                let prompt = tokenizer.encode(&tokenizer.chat_prompt(&user)?, true)?;
+                jobs.push(Job {
+                    prompt: tokenizer.encode(&tokenizer.chat_prompt(&user)?, true)?,
+                    temperature,
+                    seed: options.seed ^ language_seed(language) ^ id as u64,
+                });
                 pending.push(Pending {
                     id,
                     kind,
-                    temperature,
                     source: paragraph.source.clone(),
-                    prompt,
                 });
             }
-            let jobs: Vec<Job> = pending
-                .iter()
-                .map(|p| Job {
-                    prompt: p.prompt.clone(),
-                    temperature: p.temperature,
-                    seed: options.seed ^ language_seed(language) ^ p.id as u64,
-                })
-                .collect();
             let settings = GeneratorSettings {
                 target: options.target.clone(),
                 sequences: options.sequences,
@@ -257,7 +252,7 @@ pub fn run(options: &DistillOptions, tokenizer: &Tokenizer) -> Result<DistillRep
                 generated_now += answer.tokens.len();
                 finished[index] = Some(answer);
                 while let Some(answer) = finished.get_mut(written).and_then(Option::take) {
-                    let p = &pending[written];
+                    let (p, job) = (&pending[written], &jobs[written]);
                     let mut response = answer.tokens;
                     if answer.stopped {
                         // The end of the turn is a token the drafter must learn to propose too.
@@ -268,9 +263,9 @@ pub fn run(options: &DistillOptions, tokenizer: &Tokenizer) -> Result<DistillRep
                         .append(&Example {
                             id: p.id,
                             kind: p.kind.name().into(),
-                            temperature: p.temperature,
+                            temperature: job.temperature,
                             source: p.source.clone(),
-                            prompt: p.prompt.clone(),
+                            prompt: job.prompt.clone(),
                             response,
                         })
                         .map_err(|e| e.to_string())?;
@@ -307,13 +302,11 @@ pub fn run(options: &DistillOptions, tokenizer: &Tokenizer) -> Result<DistillRep
     Ok(report)
 }
 
-/// A planned example waiting for its answer.
+/// What an example records beside its job (prompt, temperature, seed).
 struct Pending {
     id: usize,
     kind: PromptKind,
-    temperature: f32,
     source: String,
-    prompt: Vec<u32>,
 }
 
 /// Read the distilled examples of `language`.

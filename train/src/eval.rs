@@ -35,7 +35,7 @@ use crate::recipe::{PresetName, Workspace};
 pub const BASELINE_DRAFTER: &str = crate::recipe::BASELINE_CANDIDATE;
 
 /// Layers of the default target (Qwen2.5-Coder-1.5B) and 0.5B drafter, for the GPU cost model.
-const TARGET_LAYERS: f64 = 28.0;
+pub const TARGET_LAYERS: f64 = 28.0;
 const BASELINE_LAYERS: f64 = 24.0;
 
 /// What `eval` does.
@@ -218,6 +218,22 @@ pub enum EvalError {
     },
 }
 
+/// The held-out prompts of `language`: the benchmark's translation prompt
+/// over the first `count` Debian Reference paragraphs it selects.
+pub fn heldout_prompts(
+    reference: &Path,
+    language: &str,
+    count: usize,
+) -> Result<Vec<String>, reference_corpus::CorpusError> {
+    // The Debian Reference names its Chinese translation zh-cn.
+    let debian = if language == "zh" { "zh-cn" } else { language };
+    let paragraphs = reference_corpus::extract(reference, &[debian], &Selection::new(count))?;
+    Ok(paragraphs
+        .iter()
+        .map(|p| Task::Translate.prompt(p))
+        .collect())
+}
+
 /// Run the evaluation and write `eval-<preset>.{json,md,png}` into `out`.
 pub fn run(options: &EvalOptions) -> Result<EvalReport, EvalError> {
     let ws = &options.workspace;
@@ -270,20 +286,7 @@ pub fn run(options: &EvalOptions) -> Result<EvalReport, EvalError> {
 
     let mut languages = Vec::new();
     for language in &options.languages {
-        let debian = if language == "zh" {
-            "zh-cn"
-        } else {
-            language.as_str()
-        };
-        let paragraphs = reference_corpus::extract(
-            &options.reference,
-            &[debian],
-            &Selection::new(options.prompts_per_language),
-        )?;
-        let prompts: Vec<String> = paragraphs
-            .iter()
-            .map(|p| Task::Translate.prompt(p))
-            .collect();
+        let prompts = heldout_prompts(&options.reference, language, options.prompts_per_language)?;
         let roles = [
             ("specialised", language.as_str()),
             ("generic", GENERIC_DRAFTER),
@@ -531,7 +534,7 @@ fn write_reports(report: &EvalReport, out: &Path) -> Result<(), EvalError> {
         reason: e.to_string(),
     };
     std::fs::create_dir_all(out).map_err(|e| fail(out, &e))?;
-    let stem = format!("eval-{}", format!("{:?}", report.preset).to_lowercase());
+    let stem = format!("eval-{}", crate::recipe::preset_dir(report.preset));
     let json_path = out.join(format!("{stem}.json"));
     let json = serde_json::to_vec_pretty(report).map_err(|e| fail(&json_path, &e))?;
     std::fs::write(&json_path, json).map_err(|e| fail(&json_path, &e))?;

@@ -62,7 +62,8 @@ pub enum RecipeError {
     Missing(String),
 }
 
-fn file_error(path: &Path, e: impl std::fmt::Display) -> RecipeError {
+/// A [`RecipeError::File`] for `path`.
+pub(crate) fn file_error(path: &Path, e: impl std::fmt::Display) -> RecipeError {
     RecipeError::File {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -312,12 +313,13 @@ impl Workspace {
 
     /// Distilled answers of a preset.
     pub fn distill(&self, preset: &Preset) -> PathBuf {
-        self.root.join(format!("{}-distill", preset_dir(preset)))
+        self.root
+            .join(format!("{}-distill", preset_dir(preset.name)))
     }
 
     /// Directory of a training run (`pretrain`, `finetune-de`, `generic`).
     pub fn run(&self, preset: &Preset, run: &str) -> PathBuf {
-        self.root.join(preset_dir(preset)).join(run)
+        self.root.join(preset_dir(preset.name)).join(run)
     }
 
     /// The trained drafters' directory.
@@ -326,18 +328,19 @@ impl Workspace {
     }
 
     fn vocab(&self, preset: &Preset) -> PathBuf {
-        self.root.join(preset_dir(preset)).join("vocab.json")
+        self.root.join(preset_dir(preset.name)).join("vocab.json")
     }
 
     fn embedding(&self, preset: &Preset) -> PathBuf {
         self.root
-            .join(preset_dir(preset))
+            .join(preset_dir(preset.name))
             .join("embedding.safetensors")
     }
 }
 
-fn preset_dir(preset: &Preset) -> &'static str {
-    match preset.name {
+/// The name of a preset's directories and result files (`quick`).
+pub fn preset_dir(name: PresetName) -> &'static str {
+    match name {
         PresetName::Smoke => "smoke",
         PresetName::Quick => "quick",
         PresetName::Full => "full",

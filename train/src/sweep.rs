@@ -27,17 +27,13 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use specdec_backend::engine::runtime::backend;
-use specdec_bench::corpus::{self as reference_corpus, Selection};
-use specdec_bench::tasks::Task;
 
 use crate::batched::{self, GeneratorSettings, Job};
+use crate::eval::{self, TARGET_LAYERS};
 use crate::export;
 use crate::model::{self, Drafter, Shape};
-use crate::recipe::{self, Preset, RecipeError, Stage, Workspace};
+use crate::recipe::{self, file_error, Preset, RecipeError, Stage, Workspace};
 use crate::tokenizer::Tokenizer;
-
-/// Layers of the default target, for the GPU cost model (as in `eval`).
-const TARGET_LAYERS: f64 = 28.0;
 
 /// Single-token steps timed per model (after warm-up), median taken.
 const TIMED_STEPS: usize = 48;
@@ -167,12 +163,11 @@ pub fn run(
         .first()
         .map(|(p, _)| p.iter().copied().take(64).collect())
         .unwrap_or_default();
-    let target_ms = step_ms(&workspace.target, workspace.threads, &timing_prompt, 1)?;
-    let verify_ms = step_ms(
+    let [target_ms, verify_ms] = pass_ms(
         &workspace.target,
         workspace.threads,
         &timing_prompt,
-        options.draft_length + 1,
+        [1, options.draft_length + 1],
     )?;
     let mut results = Vec::new();
     for (label, shape) in &options.shapes {
@@ -223,7 +218,7 @@ pub fn run(
             preset.weight_type,
             &format!("specdec sweep {label}"),
         )?;
-        let draft_ms = step_ms(&gguf, workspace.threads, &timing_prompt, 1)?;
+        let [draft_ms] = pass_ms(&gguf, workspace.threads, &timing_prompt, [1])?;
         let _ = std::fs::remove_file(&gguf);
         let k = options.draft_length as f64;
         let tau = answer_tokens as f64 / rounds.max(1) as f64;
@@ -289,13 +284,6 @@ fn sweep_workspace(
     Ok(ws)
 }
 
-fn file_error(path: &Path, e: impl std::fmt::Display) -> RecipeError {
-    RecipeError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
-}
-
 fn report_value(ws: &Workspace, preset: &Preset, stage: &Stage, key: &str) -> f64 {
     let path = ws.run(preset, &stage.run_name()).join("report.json");
     std::fs::read(&path)
@@ -323,21 +311,11 @@ fn heldout_answers(
             return Ok(pairs);
         }
     }
-    let debian = if options.language == "zh" {
-        "zh-cn"
-    } else {
-        options.language.as_str()
-    };
-    let paragraphs = reference_corpus::extract(
-        &options.reference,
-        &[debian],
-        &Selection::new(options.prompts),
-    )
-    .map_err(|e| file_error(&options.reference, e))?;
     let mut prompts = Vec::new();
-    for paragraph in &paragraphs {
-        let rendered = tokenizer.chat_prompt(&Task::Translate.prompt(paragraph))?;
-        prompts.push(tokenizer.encode(&rendered, true)?);
+    for user in eval::heldout_prompts(&options.reference, &options.language, options.prompts)
+        .map_err(|e| file_error(&options.reference, e))?
+    {
+        prompts.push(tokenizer.encode(&tokenizer.chat_prompt(&user)?, true)?);
     }
     let jobs: Vec<Job> = prompts
         .iter()
@@ -394,14 +372,14 @@ fn greedy_matches(
     Ok(choices.iter().zip(answer).map(|(c, a)| c == a).collect())
 }
 
-/// Median milliseconds of one llama.cpp pass over `tokens_per_pass` tokens
-/// after `prompt`, logits read back.
-fn step_ms(
+/// For each pass size, the median milliseconds of one llama.cpp pass over
+/// that many tokens after `prompt`, logits read back; the model is loaded once.
+fn pass_ms<const N: usize>(
     path: &Path,
     threads: u32,
     prompt: &[u32],
-    tokens_per_pass: usize,
-) -> Result<f64, RecipeError> {
+    tokens_per_pass: [usize; N],
+) -> Result<[f64; N], RecipeError> {
     let fail = |e: String| file_error(path, e);
     let backend = backend().map_err(|e| fail(e.to_string()))?;
     let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
@@ -428,34 +406,38 @@ fn step_ms(
     }
     ctx.decode(&mut batch).map_err(|e| fail(e.to_string()))?;
     let start = prompt.len();
-    let mut times = Vec::with_capacity(TIMED_STEPS);
-    for step in 0..TIMED_STEPS + 4 {
-        batch.clear();
-        for i in 0..tokens_per_pass {
-            let token = prompt[(step + i) % prompt.len()];
-            batch
-                .add(
-                    LlamaToken(token as i32),
-                    (start + i) as i32,
-                    &[0],
-                    i + 1 == tokens_per_pass,
-                )
+    let mut medians = [0.0; N];
+    for (median, tokens_per_pass) in medians.iter_mut().zip(tokens_per_pass) {
+        let mut times = Vec::with_capacity(TIMED_STEPS);
+        for step in 0..TIMED_STEPS + 4 {
+            batch.clear();
+            for i in 0..tokens_per_pass {
+                let token = prompt[(step + i) % prompt.len()];
+                batch
+                    .add(
+                        LlamaToken(token as i32),
+                        (start + i) as i32,
+                        &[0],
+                        i + 1 == tokens_per_pass,
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            let t = Instant::now();
+            ctx.decode(&mut batch).map_err(|e| fail(e.to_string()))?;
+            // Reading the logits waits for the backend to finish the pass.
+            let logits = ctx.get_logits_ith(tokens_per_pass as i32 - 1);
+            std::hint::black_box(logits.first());
+            let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+            ctx.clear_kv_cache_seq(Some(0), Some(start as u32), None)
                 .map_err(|e| fail(e.to_string()))?;
+            if step >= 4 {
+                times.push(elapsed);
+            }
         }
-        let t = Instant::now();
-        ctx.decode(&mut batch).map_err(|e| fail(e.to_string()))?;
-        // Reading the logits waits for the backend to finish the pass.
-        let logits = ctx.get_logits_ith(tokens_per_pass as i32 - 1);
-        std::hint::black_box(logits.first());
-        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
-        ctx.clear_kv_cache_seq(Some(0), Some(start as u32), None)
-            .map_err(|e| fail(e.to_string()))?;
-        if step >= 4 {
-            times.push(elapsed);
-        }
+        times.sort_by(f64::total_cmp);
+        *median = times[times.len() / 2];
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(medians)
 }
 
 /// The sweep as Markdown.
@@ -495,7 +477,7 @@ pub fn markdown(report: &SweepReport) -> String {
 
 fn write_reports(report: &SweepReport, preset: &Preset, out: &Path) -> Result<(), RecipeError> {
     std::fs::create_dir_all(out).map_err(|e| file_error(out, e))?;
-    let stem = format!("shapes-{}", format!("{:?}", preset.name).to_lowercase());
+    let stem = format!("shapes-{}", recipe::preset_dir(preset.name));
     let json_path = out.join(format!("{stem}.json"));
     let json = serde_json::to_vec_pretty(report).map_err(|e| file_error(&json_path, e))?;
     std::fs::write(&json_path, json).map_err(|e| file_error(&json_path, e))?;
