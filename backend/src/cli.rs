@@ -148,6 +148,10 @@ struct CheckArgs {
     /// The registry file (YAML).
     #[arg(long, env = "SPECDEC_REGISTRY")]
     registry: PathBuf,
+    /// Print what was found as one JSON object (runtime, verification and
+    /// the calibrated costs) instead of text.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -391,6 +395,18 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     let engine = Engine::start(config)?;
     let info = engine.info();
+    if args.json {
+        let report = serde_json::json!({
+            "target": registry.target.model,
+            "context": info.context,
+            "drafters": info.drafters,
+            "runtime": info.runtime,
+            "verification": info.verification,
+            "costs": info.costs,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     println!(
         "ok: target {} (context {}), drafters: {}",
         registry.target.model.display(),
@@ -424,6 +440,26 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
             }
         ),
         None => println!("verification: none (no drafters)"),
+    }
+    if let Some(costs) = &info.costs {
+        let unit = costs.target_passes.first().map_or(1.0, |p| p.1);
+        println!("calibrated costs (through the logits; ms, and relative to a one-token pass):");
+        for (tokens, ms) in &costs.target_passes {
+            println!(
+                "  target pass of {tokens:>2} tokens: {ms:8.2} ms  {:5.2}x",
+                ms / unit
+            );
+        }
+        for (i, ms) in costs.draft_steps.iter().enumerate() {
+            println!(
+                "  draft step, drafter model {i}: {ms:8.2} ms  {:5.2}x",
+                ms / unit
+            );
+        }
+        println!(
+            "  sampling one position: greedy {:.3} ms, at temperature 1 {:.3} ms",
+            costs.sampling.greedy_ms, costs.sampling.sampled_ms
+        );
     }
     Ok(())
 }

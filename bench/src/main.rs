@@ -53,8 +53,8 @@ struct Args {
     /// Temperatures of the proofreading task.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     proofread_temperatures: Vec<f32>,
-    /// Concurrent clients in the load mode (empty: skip it).
-    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    /// Concurrent clients in the load mode (`--concurrency` alone: skip it).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,4,8")]
     concurrency: Vec<usize>,
     /// CPU threads per evaluation for both servers (default: all cores).
     #[arg(long)]
@@ -66,8 +66,8 @@ struct Args {
     #[arg(long, default_value_t = 2048)]
     context: u32,
     /// The `specdec` binary.
-    #[arg(long, env = "SPECDEC_BIN")]
-    specdec: PathBuf,
+    #[arg(long, env = "SPECDEC_BIN", required_unless_present = "export_prompts")]
+    specdec: Option<PathBuf>,
     /// A `specdec` built for this machine's CPU only (static llama.cpp,
     /// `-march=native`; `BENCH_NATIVE=1 bench/setup` builds it): adds its
     /// target-only mode, measured right after the portable build's, so the
@@ -75,14 +75,34 @@ struct Args {
     #[arg(long, env = "SPECDEC_NATIVE_BIN")]
     native_specdec: Option<PathBuf>,
     /// llama.cpp's `llama-server` binary.
-    #[arg(long, env = "LLAMA_SERVER_BIN")]
-    llama_server: PathBuf,
+    #[arg(long, env = "LLAMA_SERVER_BIN", required_unless_present_any = ["without_llama_server", "export_prompts"])]
+    llama_server: Option<PathBuf>,
+    /// Measure specdec alone: no llama-server modes and load runs (where no
+    /// llama-server is built, as on the device kit's GPU machine).
+    #[arg(long, conflicts_with = "llama_server")]
+    without_llama_server: bool,
     /// Directory of the GGUF models.
     #[arg(long, env = "SPECDEC_MODEL_DIR")]
-    model_dir: PathBuf,
+    model_dir: Option<PathBuf>,
+    /// The target, a file in the model directory.
+    #[arg(long, default_value = TARGET_FILE)]
+    target_file: PathBuf,
+    /// The drafter of the fixed-length and adaptive modes, a file in the
+    /// model directory (same vocabulary as the target).
+    #[arg(long, default_value = DRAFTER_FILE)]
+    drafter_file: PathBuf,
     /// The Debian Reference's HTML.
     #[arg(long, default_value = corpus::DEFAULT_DIR)]
     corpus_dir: PathBuf,
+    /// Read the paragraphs from this JSON file (written by
+    /// `--export-prompts`) instead of the Debian Reference, for machines
+    /// without it.
+    #[arg(long, conflicts_with = "export_prompts")]
+    prompts: Option<PathBuf>,
+    /// Write the paragraphs the selection takes from the Debian Reference to
+    /// this JSON file, then exit.
+    #[arg(long)]
+    export_prompts: Option<PathBuf>,
     /// Font for the chart.
     #[arg(long, default_value = chart::DEFAULT_FONT_PATH)]
     font: PathBuf,
@@ -134,17 +154,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let slots = args.concurrency.iter().copied().max().unwrap_or(1).max(1);
-    for (what, path) in [
-        ("specdec", &args.specdec),
-        ("llama-server", &args.llama_server),
-        ("the chart font", &args.font),
-    ]
-    .into_iter()
-    .chain(
-        args.native_specdec
-            .as_ref()
-            .map(|p| ("the native specdec", p)),
-    ) {
+    let language_refs: Vec<&str> = languages.iter().map(String::as_str).collect();
+    let paragraphs = match &args.prompts {
+        Some(path) => read_prompts(path, &language_refs, per_language)?,
+        None => corpus::extract(
+            &args.corpus_dir,
+            &language_refs,
+            &Selection::new(per_language),
+        )
+        .context("cannot build the corpus")?,
+    };
+    tracing::info!(paragraphs = paragraphs.len(), "corpus ready");
+    if let Some(path) = &args.export_prompts {
+        std::fs::write(path, serde_json::to_string_pretty(&paragraphs)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "wrote {} paragraphs to {}",
+            paragraphs.len(),
+            path.display()
+        );
+        return Ok(());
+    }
+    let Some(model_dir) = &args.model_dir else {
+        bail!("the model directory is not set (--model-dir or SPECDEC_MODEL_DIR)");
+    };
+    let Some(specdec_bin) = &args.specdec else {
+        bail!("the specdec binary is not set (--specdec or SPECDEC_BIN)");
+    };
+    for (what, path) in [("specdec", specdec_bin), ("the chart font", &args.font)]
+        .into_iter()
+        .chain(args.llama_server.as_ref().map(|p| ("llama-server", p)))
+        .chain(
+            args.native_specdec
+                .as_ref()
+                .map(|p| ("the native specdec", p)),
+        )
+    {
         if !path.is_file() {
             bail!(
                 "{what}: {} does not exist (run bench/setup)",
@@ -153,8 +198,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let settings = ServerSettings {
-        target: args.model_dir.join(TARGET_FILE),
-        drafter: args.model_dir.join(DRAFTER_FILE),
+        target: model_dir.join(&args.target_file),
+        drafter: model_dir.join(&args.drafter_file),
         threads,
         slots,
         context: args.context,
@@ -167,15 +212,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let language_refs: Vec<&str> = languages.iter().map(String::as_str).collect();
-    let paragraphs = corpus::extract(
-        &args.corpus_dir,
-        &language_refs,
-        &Selection::new(per_language),
-    )
-    .context("cannot build the corpus")?;
-    tracing::info!(paragraphs = paragraphs.len(), "corpus ready");
-
     let work_dir = args.out.join("tmp");
     std::fs::create_dir_all(&work_dir)?;
     let iso: Vec<String> = {
@@ -185,8 +221,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         v
     };
     let registry = servers::registry(&settings, &iso);
-    let specdec =
-        servers::start_specdec("specdec", &args.specdec, &registry, &settings, &work_dir)?;
+    let specdec = servers::start_specdec("specdec", specdec_bin, &registry, &settings, &work_dir)?;
     let native = match &args.native_specdec {
         Some(binary) => Some(servers::start_specdec(
             "specdec-native",
@@ -197,19 +232,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let llama = servers::start_llama_server(&args.llama_server, &settings, false, &work_dir)?;
-    let llama_draft = servers::start_llama_server(&args.llama_server, &settings, true, &work_dir)?;
+    let (llama, llama_draft) = match &args.llama_server {
+        Some(binary) => (
+            Some(servers::start_llama_server(
+                binary, &settings, false, &work_dir,
+            )?),
+            Some(servers::start_llama_server(
+                binary, &settings, true, &work_dir,
+            )?),
+        ),
+        None => (None, None),
+    };
+    // Modes of servers that do not run are never measured.
     let server_of = |kind: ServerKind| -> &Server {
         match kind {
             ServerKind::Specdec => &specdec,
-            // Only in the modes when the native server runs.
             ServerKind::SpecdecNative => native.as_ref().unwrap_or(&specdec),
-            ServerKind::LlamaServer => &llama,
-            ServerKind::LlamaServerDraft => &llama_draft,
+            ServerKind::LlamaServer => llama.as_ref().unwrap_or(&specdec),
+            ServerKind::LlamaServerDraft => llama_draft.as_ref().unwrap_or(&specdec),
         }
     };
 
-    let modes = modes::modes(&args.fixed_lengths, draft_max, native.is_some());
+    let modes = modes::modes(
+        &args.fixed_lengths,
+        draft_max,
+        native.is_some(),
+        llama.is_some(),
+    );
     // A fresh connection per request: llama-server may close idle ones.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -227,8 +276,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         specdec_kernels.push(format!("{}: {kernels}", server.name));
     }
     // One unmeasured request per server warms caches and threads.
-    for server in [&specdec, &llama, &llama_draft]
-        .into_iter()
+    for server in std::iter::once(&specdec)
+        .chain(llama.as_ref())
+        .chain(llama_draft.as_ref())
         .chain(native.as_ref())
     {
         let body = chat_body(
@@ -313,10 +363,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut load = Vec::new();
     // llama-server's drafting is left out of the load runs: on CPU it is
     // far slower than its plain decoding (see the per-language tables).
-    for (name, server, fields) in [
-        ("specdec (adaptive)", &specdec, true),
-        ("llama-server", &llama, false),
-    ] {
+    for (name, server, fields) in std::iter::once(("specdec (adaptive)", &specdec, true))
+        .chain(llama.as_ref().map(|l| ("llama-server", l, false)))
+    {
         for &concurrency in &args.concurrency {
             let result = load_run(
                 &client,
@@ -345,7 +394,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         machine: Machine {
             specdec_kernels,
-            ..machine(&args.llama_server)
+            ..machine(args.llama_server.as_deref())
         },
         settings: Settings {
             quick: args.quick,
@@ -458,6 +507,33 @@ async fn load_run(
     })
 }
 
+/// The paragraphs of `languages` in an exported prompt file, at most
+/// `per_language` each, in file order.
+fn read_prompts(
+    path: &Path,
+    languages: &[&str],
+    per_language: usize,
+) -> anyhow::Result<Vec<Paragraph>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the prompts in {}", path.display()))?;
+    let all: Vec<Paragraph> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a prompt file", path.display()))?;
+    let mut chosen = Vec::new();
+    for &language in languages {
+        let of_language: Vec<Paragraph> = all
+            .iter()
+            .filter(|p| p.language == language)
+            .take(per_language)
+            .cloned()
+            .collect();
+        if of_language.is_empty() {
+            bail!("{} holds no paragraph in {language}", path.display());
+        }
+        chosen.extend(of_language);
+    }
+    Ok(chosen)
+}
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -473,7 +549,7 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// The machine and software this run measures.
-fn machine(llama_server: &Path) -> Machine {
+fn machine(llama_server: Option<&Path>) -> Machine {
     let cpu = report::cpu_name();
     let memory_gib = read("/proc/meminfo")
         .lines()
@@ -491,7 +567,8 @@ fn machine(llama_server: &Path) -> Machine {
     let commit = command_output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
     let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
-    let llama_version = command_output(&llama_server.to_string_lossy(), &["--version"])
+    let llama_version = llama_server
+        .and_then(|binary| command_output(&binary.to_string_lossy(), &["--version"]))
         .and_then(|s| {
             s.lines()
                 .find(|l| l.contains("version"))

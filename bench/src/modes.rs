@@ -95,8 +95,8 @@ impl Mode {
 pub const NATIVE_TARGET: &str = "target (native build)";
 
 /// The modes of a run, in table order; `native` adds the native build's
-/// target-only mode.
-pub fn modes(fixed_lengths: &[u32], draft_max: u32, native: bool) -> Vec<Mode> {
+/// target-only mode, `llama_server` llama-server's two modes.
+pub fn modes(fixed_lengths: &[u32], draft_max: u32, native: bool, llama_server: bool) -> Vec<Mode> {
     let mut modes = vec![Mode {
         name: "target".into(),
         server: ServerKind::Specdec,
@@ -126,6 +126,9 @@ pub fn modes(fixed_lengths: &[u32], draft_max: u32, native: bool) -> Vec<Mode> {
         server: ServerKind::Specdec,
         drafting: Drafting::Adaptive,
     });
+    if !llama_server {
+        return modes;
+    }
     modes.push(Mode {
         name: "llama-server".into(),
         server: ServerKind::LlamaServer,
@@ -163,7 +166,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_mode_is_measured_once() {
-        let modes = modes(&[1, 2, 4], 4, false);
+        let modes = modes(&[1, 2, 4], 4, false, true);
         let names: Vec<_> = modes.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
@@ -182,8 +185,18 @@ mod tests {
     }
 
     #[test]
+    fn without_llama_server_its_modes_are_left_out() {
+        let modes = modes(&[2, 4, 8], 8, false, false);
+        let names: Vec<_> = modes.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["target", "k=2", "k=4", "k=8", "ngram k=8", "adaptive"]
+        );
+    }
+
+    #[test]
     fn compared_modes_are_measured_back_to_back() {
-        let modes = modes(&[1, 2, 4], 4, false);
+        let modes = modes(&[1, 2, 4], 4, false, true);
         let order: Vec<_> = measurement_order(&modes)
             .iter()
             .map(|m| m.name.as_str())
@@ -205,7 +218,7 @@ mod tests {
 
     #[test]
     fn the_native_build_is_measured_right_after_the_portable_one() {
-        let modes = modes(&[2], 2, true);
+        let modes = modes(&[2], 2, true, true);
         assert_eq!(modes[1].name, NATIVE_TARGET);
         assert_eq!(modes[1].server, ServerKind::SpecdecNative);
         assert!(
@@ -229,7 +242,7 @@ mod tests {
 
     #[test]
     fn request_fields_select_the_mode() {
-        let modes = modes(&[2], 4, false);
+        let modes = modes(&[2], 4, false, true);
         let fixed = modes[1].request_fields("de");
         assert_eq!(fixed["speculative"]["max"], 2);
         assert_eq!(fixed["speculative"]["adaptive"], false);

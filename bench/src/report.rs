@@ -433,7 +433,7 @@ pub fn markdown(report: &Report) -> String {
         m.memory_gib,
         if m.gpus.is_empty() { String::new() } else { format!(", GPU {}", m.gpus.join(", ")) },
         m.kernel,
-        m.llama_server,
+        if m.llama_server.is_empty() { "not run" } else { &m.llama_server },
         s.per_language,
         plan,
         s.max_tokens,
@@ -697,7 +697,7 @@ mod tests {
 
     #[test]
     fn summaries_give_speedups_exactness_and_checks() {
-        let modes = modes(&[2], 4, false);
+        let modes = modes(&[2], 4, false, true);
         let runs = vec![
             run("de", "target", "Hello", 11, 100.0, 1100.0), // 10 tokens in 1 s
             run("de", "k=2", "Hello", 11, 100.0, 2100.0),    // 0.5×

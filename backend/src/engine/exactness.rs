@@ -20,7 +20,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
 use super::error::EngineError;
-use super::worker::{decode, decode_chunked, ms, truncate_kv};
+use super::pass::{decode, decode_chunked, ms, truncate_kv};
 
 /// Tokens of context before the probed positions. With the quantized KV
 /// cache specdec uses on CPU (see `BATCH_INVARIANT_KV`), ggml's attention

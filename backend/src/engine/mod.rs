@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod exactness;
+mod pass;
 pub mod request;
 pub mod runtime;
 pub mod vocab;
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::config::{DraftParams, DrafterConfig, TargetConfig};
 
 pub use error::EngineError;
+pub use pass::SamplingCosts;
 pub use request::{
     main_drafter, Candidate, ChatMessage, Completion, DrafterChoice, DrafterStats, FinishReason,
     GenerationEvent, GenerationRequest, GenerationStats, Prompt,
@@ -85,6 +87,25 @@ pub struct EngineInfo {
     pub verification: Verification,
     /// What llama.cpp selected on this machine.
     pub runtime: runtime::RuntimeInfo,
+    /// The costs measured at start-up for adaptive drafting (none without
+    /// drafters).
+    pub costs: Option<CalibratedCosts>,
+}
+
+/// Costs measured on this machine at start-up, each through the completion
+/// of the logits it produces.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CalibratedCosts {
+    /// (tokens, milliseconds) of target passes, after a 32-token context:
+    /// the cost of verifying a draft of `tokens - 1`.
+    pub target_passes: Vec<(usize, f64)>,
+    /// Milliseconds of one draft step (a pass of one token and the choice of
+    /// its token) per drafter model, in load order.
+    pub draft_steps: Vec<f64>,
+    /// Milliseconds of sampling the target at one position.
+    pub sampling: SamplingCosts,
+    /// How long calibrating took.
+    pub took_ms: f64,
 }
 
 /// How drafts are verified, as decided at start-up.

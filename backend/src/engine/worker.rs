@@ -30,6 +30,7 @@ use crate::speculative::verifier::{self, Verdict};
 
 use super::error::EngineError;
 use super::exactness;
+use super::pass::{decode_chunked, decode_timed, ms, truncate_kv, SamplingCosts, PROMPT_CHUNK};
 use super::request::{
     main_drafter, DrafterChoice, DrafterStats, FinishReason, GenerationEvent, GenerationRequest,
     GenerationStats, Prompt,
@@ -37,7 +38,8 @@ use super::request::{
 use super::runtime::{backend, runtime_info, RuntimeInfo};
 use super::vocab::{check_compatible, VocabInfo};
 use super::{
-    AdaptiveReport, BanditReport, EngineConfig, EngineInfo, Verification, MAX_VERIFY_BATCH,
+    AdaptiveReport, BanditReport, CalibratedCosts, EngineConfig, EngineInfo, Verification,
+    MAX_VERIFY_BATCH,
 };
 
 /// Whether contexts use a Q8_0 KV cache with flash attention. On CPU, ggml
@@ -47,13 +49,17 @@ use super::{
 /// a batch or decoded alone once the context passes about 256 tokens. A Q8_0
 /// cache takes the per-row kernel for both (measured bit-identical up to
 /// 1,500 tokens with the `batch_invariance` example) and halves KV memory.
-const BATCH_INVARIANT_KV: bool = !cfg!(any(feature = "cuda", feature = "metal"));
+/// Contexts of models on a GPU keep llama.cpp's defaults: the CPU kernels'
+/// argument does not carry over, and the verification limit does not rest
+/// on it there (see [`verification_limit`]). Decided per model at start-up,
+/// from where llama.cpp placed it, so a GPU build without a GPU runs as a
+/// CPU build does.
+fn batch_invariant_kv(runtime: &RuntimeInfo, gpu_layers: u32) -> bool {
+    !(runtime.has_gpu && gpu_layers > 0)
+}
 
 /// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_ENABLED`.
 const FLASH_ATTENTION_ENABLED: i32 = 1;
-
-/// Tokens evaluated per llama.cpp batch when reading a prompt.
-const PROMPT_CHUNK: usize = 512;
 
 /// A message to the engine thread.
 pub(super) struct Command {
@@ -89,6 +95,8 @@ struct LoadedDrafter {
 struct LoadedModels {
     target: LlamaModel,
     drafter_models: Vec<LlamaModel>,
+    /// Layers offloaded of each drafter model.
+    drafter_gpu_layers: Vec<u32>,
     drafters: Vec<LoadedDrafter>,
 }
 
@@ -139,6 +147,7 @@ fn load_models(config: &EngineConfig) -> Result<LoadedModels, EngineError> {
     Ok(LoadedModels {
         target,
         drafter_models,
+        drafter_gpu_layers: loaded.iter().map(|&(_, layers)| layers).collect(),
         drafters,
     })
 }
@@ -148,6 +157,7 @@ fn new_context<'m>(
     name: &str,
     context: u32,
     threads: i32,
+    batch_invariant: bool,
 ) -> Result<LlamaContext<'m>, EngineError> {
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(context))
@@ -156,10 +166,10 @@ fn new_context<'m>(
         .with_n_seq_max(1)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    // Batch-invariant attention (see `BATCH_INVARIANT_KV`): flash attention
+    // Batch-invariant attention (see `batch_invariant_kv`): flash attention
     // over a quantized KV cache takes the same per-row kernel for one token as
     // for a batch, at every context length.
-    let params = if BATCH_INVARIANT_KV {
+    let params = if batch_invariant {
         params
             .with_flash_attention_policy(FLASH_ATTENTION_ENABLED)
             .with_type_k(KvCacheType::Q8_0)
@@ -187,6 +197,7 @@ pub(super) fn run(
     let LoadedModels {
         target,
         drafter_models,
+        drafter_gpu_layers,
         drafters,
     } = match load_models(&config) {
         Ok(models) => models,
@@ -195,17 +206,6 @@ pub(super) fn run(
             return;
         }
     };
-    let threads = config.threads as i32;
-    let mut slots = Vec::with_capacity(config.slots);
-    for _ in 0..config.slots.max(1) {
-        match Slot::new(&target, &drafter_models, config.target.context, threads) {
-            Ok(slot) => slots.push(slot),
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        }
-    }
     let runtime = match runtime_info() {
         Ok(r) => r,
         Err(e) => {
@@ -213,6 +213,30 @@ pub(super) fn run(
             return;
         }
     };
+    let threads = config.threads as i32;
+    let invariant = Invariance {
+        target: batch_invariant_kv(&runtime, config.target.gpu_layers),
+        drafters: drafter_gpu_layers
+            .iter()
+            .map(|&layers| batch_invariant_kv(&runtime, layers))
+            .collect(),
+    };
+    let mut slots = Vec::with_capacity(config.slots);
+    for _ in 0..config.slots.max(1) {
+        match Slot::new(
+            &target,
+            &drafter_models,
+            config.target.context,
+            threads,
+            &invariant,
+        ) {
+            Ok(slot) => slots.push(slot),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
     let verification =
         match verification_limit(&config, &runtime, &target, &drafters, &mut slots[0]) {
             Ok(v) => v,
@@ -222,8 +246,8 @@ pub(super) fn run(
             }
         };
     let max_verify_batch = verification.max_verify_batch;
-    let costs = match calibrate(&target, &drafters, &mut slots[0], max_verify_batch) {
-        Ok(costs) => costs,
+    let calibration = match calibrate(&target, &drafters, &mut slots[0], max_verify_batch) {
+        Ok(calibration) => calibration,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
@@ -238,6 +262,7 @@ pub(super) fn run(
         slots: slots.len(),
         verification,
         runtime,
+        costs: calibration.table.clone(),
     };
     if ready.send(Ok(info)).is_err() {
         return;
@@ -249,7 +274,8 @@ pub(super) fn run(
         max_verify_batch,
         slots,
         waiting: VecDeque::new(),
-        costs,
+        costs: calibration.costs,
+        sampling_costs: calibration.sampling,
         adaptive: BTreeMap::new(),
         reports,
         bandits: BTreeMap::new(),
@@ -268,14 +294,23 @@ struct Slot<'m> {
     sequence: Option<Sequence>,
 }
 
+/// Which models' contexts take the batch-invariant KV cache (see
+/// [`batch_invariant_kv`]).
+struct Invariance {
+    target: bool,
+    /// Per drafter model.
+    drafters: Vec<bool>,
+}
+
 impl<'m> Slot<'m> {
     fn new(
         target: &'m LlamaModel,
         drafter_models: &'m [LlamaModel],
         context: u32,
         threads: i32,
+        invariant: &Invariance,
     ) -> Result<Self, EngineError> {
-        let target_ctx = new_context(target, "the target", context, threads)?;
+        let target_ctx = new_context(target, "the target", context, threads, invariant.target)?;
         let mut drafter_ctxs = Vec::with_capacity(drafter_models.len());
         for (i, model) in drafter_models.iter().enumerate() {
             drafter_ctxs.push(new_context(
@@ -283,6 +318,7 @@ impl<'m> Slot<'m> {
                 &format!("drafter model {i}"),
                 context,
                 threads,
+                invariant.drafters.get(i).copied().unwrap_or(true),
             )?);
         }
         let capacity = PROMPT_CHUNK.max(DraftParams::MAX_DRAFT as usize + 1);
@@ -336,6 +372,9 @@ struct Sequence {
     /// Prompt lookup's acceptance in this request (adaptive drafting).
     lookup: AcceptanceModel,
     sampling: SamplingParams,
+    /// Milliseconds the target's sampling of one position costs this
+    /// request (smoothed over its rounds), for adaptive drafting.
+    sample_ms: f64,
     max_tokens: usize,
     /// Prompt and generated tokens.
     tokens: Vec<u32>,
@@ -367,6 +406,8 @@ struct Scheduler<'m> {
     waiting: VecDeque<(Prepared, UnboundedSender<GenerationEvent>)>,
     /// Cost model per drafter (calibrated at start-up), for adaptive drafting.
     costs: Vec<CostModel>,
+    /// What sampling one position costs the target (calibrated at start-up).
+    sampling_costs: SamplingCosts,
     /// Adaptive state per drafter and language.
     adaptive: BTreeMap<(usize, String), AdaptiveState>,
     /// What the adaptive states last decided, for metrics.
@@ -542,6 +583,7 @@ impl<'m> Scheduler<'m> {
                 language: p.language,
                 lookup: AcceptanceModel::default(),
                 rng: ChaCha8Rng::seed_from_u64(p.sampling.seed),
+                sample_ms: self.sampling_costs.for_request(p.sampling.is_greedy()),
                 sampling: p.sampling,
                 max_tokens: p.max_tokens,
                 tokens: p.tokens,
@@ -781,22 +823,50 @@ fn verification_limit(
     })
 }
 
-/// Pass sizes measured at start-up (others are interpolated).
-const CALIBRATION_SIZES: [usize; 6] = [1, 2, 3, 4, 6, 8];
+/// Pass sizes measured at start-up: every size up to 16 (the verification
+/// cost curve) and the largest a round may verify; sizes in between are
+/// interpolated.
+fn calibration_sizes(largest: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = (1..=largest.min(16)).collect();
+    if largest > 16 {
+        sizes.push(largest);
+    }
+    sizes
+}
 /// Tokens of context before the measured passes.
 const CALIBRATION_PREFIX: usize = 32;
 
-/// Measure, on this hardware, target passes by size and each drafter's draft
-/// step, for the adaptive policy (which any request may ask for, so every
-/// engine with drafters calibrates). Uses (and clears) one slot's contexts.
+/// What start-up measured for the adaptive policy.
+struct Calibration {
+    /// Cost model per drafter.
+    costs: Vec<CostModel>,
+    /// What sampling one position costs the target.
+    sampling: SamplingCosts,
+    /// The measurements, for reports.
+    table: Option<CalibratedCosts>,
+}
+
+/// Measure, on this hardware, target passes by size, each drafter's draft
+/// step and the target's sampling of one position, for the adaptive policy
+/// (which any request may ask for, so every engine with drafters
+/// calibrates). Every pass is timed through the completion of its logits;
+/// a draft step includes choosing its token. Uses (and clears) one slot's
+/// contexts.
 fn calibrate(
     target: &LlamaModel,
     drafters: &[LoadedDrafter],
     slot: &mut Slot,
     max_verify_batch: usize,
-) -> Result<Vec<CostModel>, EngineError> {
+) -> Result<Calibration, EngineError> {
     if drafters.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Calibration {
+            costs: Vec::new(),
+            sampling: SamplingCosts {
+                greedy_ms: 0.0,
+                sampled_ms: 0.0,
+            },
+            table: None,
+        });
     }
     let started = Instant::now();
     let largest = max_verify_batch.clamp(1, DraftParams::MAX_DRAFT as usize + 1);
@@ -817,14 +887,7 @@ fn calibrate(
     let probe: Vec<u32> = prefix.iter().cycle().take(largest).copied().collect();
     slot.target.clear_kv_cache();
     decode_chunked(&mut slot.target, &mut slot.batch, &prefix, 0)?;
-    let mut sizes: Vec<usize> = CALIBRATION_SIZES
-        .iter()
-        .copied()
-        .chain([largest])
-        .filter(|&n| n <= largest)
-        .collect();
-    sizes.sort_unstable();
-    sizes.dedup();
+    let sizes = calibration_sizes(largest);
     // A first pass warms caches and threads up; then the best of two.
     time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
     let mut passes = Vec::with_capacity(sizes.len());
@@ -840,8 +903,25 @@ fn calibrate(
         }
         passes.push((n, best));
     }
+    // Sampling one position, on the logits of a real pass.
+    decode_timed(&mut slot.target, &mut slot.batch, &probe[..1], start, true)?;
+    let logits = slot.target.get_logits_ith(0).to_vec();
+    truncate_kv(&mut slot.target, start)?;
+    let sampling = SamplingCosts {
+        greedy_ms: best_of_three(|| sampling::argmax(&logits)),
+        sampled_ms: best_of_three(|| {
+            sampling::distribution(
+                &logits,
+                &SamplingParams {
+                    temperature: 1.0,
+                    ..SamplingParams::default()
+                },
+            )
+        }),
+    };
     slot.target.clear_kv_cache();
-    // One draft step per drafter model; model-free drafters cost nothing here.
+    // One draft step per drafter model, its token chosen (greedily);
+    // model-free drafters cost nothing here.
     let mut step_by_model = Vec::with_capacity(slot.drafters.len());
     for ctx in &mut slot.drafters {
         ctx.clear_kv_cache();
@@ -849,7 +929,11 @@ fn calibrate(
         time_pass(ctx, &mut slot.batch, &probe[..1], start)?;
         let mut best = f64::INFINITY;
         for _ in 0..2 {
-            best = best.min(time_pass(ctx, &mut slot.batch, &probe[..1], start)?);
+            let started = Instant::now();
+            decode_timed(ctx, &mut slot.batch, &probe[..1], start, false)?;
+            std::hint::black_box(sampling::argmax(ctx.get_logits_ith(0)));
+            best = best.min(ms(started));
+            truncate_kv(ctx, start)?;
         }
         ctx.clear_kv_cache();
         step_by_model.push(best);
@@ -865,71 +949,61 @@ fn calibrate(
         })?;
         costs.push(cost);
     }
+    let took_ms = ms(started);
     tracing::info!(
         passes = ?passes,
         draft_steps = ?step_by_model,
-        took_ms = ms(started),
+        sample_greedy_ms = sampling.greedy_ms,
+        sample_ms = sampling.sampled_ms,
+        took_ms,
         "calibrated costs for adaptive drafting"
     );
-    Ok(costs)
+    Ok(Calibration {
+        costs,
+        sampling,
+        table: Some(CalibratedCosts {
+            target_passes: passes,
+            draft_steps: step_by_model,
+            sampling,
+            took_ms,
+        }),
+    })
 }
 
-/// Milliseconds of one target pass over `tokens` at `start`, rolled back after.
+/// Weight of a request's sampling cost estimate against a new measurement.
+const SAMPLE_COST_SMOOTHING: f64 = 0.8;
+
+/// A request's per-position sampling cost after one more round's measurement.
+fn smooth_sample_ms(old: f64, new: f64) -> f64 {
+    if !new.is_finite() || new < 0.0 {
+        return old;
+    }
+    SAMPLE_COST_SMOOTHING * old + (1.0 - SAMPLE_COST_SMOOTHING) * new
+}
+
+/// Milliseconds of one pass over `tokens` at `start`, through the
+/// completion of its logits, rolled back after.
 fn time_pass(
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
     tokens: &[u32],
     start: usize,
 ) -> Result<f64, EngineError> {
-    let t0 = Instant::now();
-    decode(ctx, batch, tokens, start, true)?;
-    let elapsed = ms(t0);
+    let elapsed = decode_timed(ctx, batch, tokens, start, true)?;
     truncate_kv(ctx, start)?;
     Ok(elapsed)
 }
 
-pub(super) fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
-}
-
-/// Evaluate `tokens` at positions from `start`; logits for all of them when
-/// `all_logits`, else for the last only.
-pub(super) fn decode(
-    ctx: &mut LlamaContext,
-    batch: &mut LlamaBatch,
-    tokens: &[u32],
-    start: usize,
-    all_logits: bool,
-) -> Result<(), EngineError> {
-    batch.clear();
-    for (i, &t) in tokens.iter().enumerate() {
-        let wants_logits = all_logits || i + 1 == tokens.len();
-        batch
-            .add(LlamaToken(t as i32), (start + i) as i32, &[0], wants_logits)
-            .map_err(|e| EngineError::Decode(e.to_string()))?;
-    }
-    ctx.decode(batch)
-        .map_err(|e| EngineError::Decode(e.to_string()))
-}
-
-/// Drop every cached position from `from` on.
-pub(super) fn truncate_kv(ctx: &mut LlamaContext, from: usize) -> Result<(), EngineError> {
-    ctx.clear_kv_cache_seq(Some(0), Some(from as u32), None)
-        .map(|_| ())
-        .map_err(|e| EngineError::Decode(format!("KV cache rollback: {e}")))
-}
-
-/// Evaluate `tokens` in prompt-sized chunks, logits for the last token only.
-pub(super) fn decode_chunked(
-    ctx: &mut LlamaContext,
-    batch: &mut LlamaBatch,
-    tokens: &[u32],
-    start: usize,
-) -> Result<(), EngineError> {
-    for (i, chunk) in tokens.chunks(PROMPT_CHUNK).enumerate() {
-        decode(ctx, batch, chunk, start + i * PROMPT_CHUNK, false)?;
-    }
-    Ok(())
+/// Milliseconds of `work`, the best of three runs (sampling transforms are
+/// pure, so repeating them changes nothing).
+fn best_of_three<T>(mut work: impl FnMut() -> T) -> f64 {
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(work());
+            ms(started)
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// A draft: tokens and, when sampling, the distributions they were drawn from.
@@ -937,8 +1011,9 @@ pub(super) fn decode_chunked(
 struct Draft {
     tokens: Vec<u32>,
     dists: Vec<Distribution>,
-    /// Single-token drafter steps taken and their milliseconds (catching up
-    /// on a long run of unseen tokens is not a step).
+    /// Single-token drafter steps taken and their milliseconds, each
+    /// through its logits and the choice of its token (catching up on a long
+    /// run of unseen tokens is not a step).
     steps: usize,
     steps_ms: f64,
 }
@@ -976,17 +1051,18 @@ fn draft_with_model(
         unseen.split_at(0)
     };
     decode_chunked(ctx, batch, body, past)?;
-    let steps_started = Instant::now();
-    decode(ctx, batch, last, past + body.len(), false)?;
+    let first_pass_ms = decode_timed(ctx, batch, last, past + body.len(), false)?;
     // The first decode is a step when it evaluates one token.
     let catching_up = last.len() > 1;
     let mut steps = usize::from(!catching_up);
-    let mut steps_ms = if catching_up { 0.0 } else { ms(steps_started) };
+    let mut steps_ms = if catching_up { 0.0 } else { first_pass_ms };
     seq.drafter_past[model] = seq.tokens.len();
     let mut logits_index = (last.len() - 1) as i32;
     loop {
+        let choosing = Instant::now();
         let logits = ctx.get_logits_ith(logits_index);
         if p_min > 0.0 && sampling::top_probability(logits) < p_min {
+            steps_ms += ms(choosing);
             break;
         }
         let token = if seq.sampling.is_greedy() {
@@ -998,13 +1074,12 @@ fn draft_with_model(
             token
         };
         draft.tokens.push(token);
+        steps_ms += ms(choosing);
         if draft.tokens.len() == k {
             break;
         }
-        let t0 = Instant::now();
-        decode(ctx, batch, &[token], seq.drafter_past[model], false)?;
+        steps_ms += decode_timed(ctx, batch, &[token], seq.drafter_past[model], false)?;
         steps += 1;
-        steps_ms += ms(t0);
         seq.drafter_past[model] += 1;
         logits_index = 0;
     }
@@ -1022,24 +1097,27 @@ struct VerifyWindow<'a, 'm> {
     start: usize,
     chunk: usize,
     evaluated: usize,
-    /// Tokens and milliseconds of each target pass run.
+    /// Tokens and milliseconds of each target pass run, through the
+    /// completion of its logits.
     passes: Vec<(usize, f64)>,
+    /// Positions sampled and the milliseconds their sampling took.
+    sampled: usize,
+    sampling_ms: f64,
 }
 
 impl VerifyWindow<'_, '_> {
-    /// The target's logits after `tokens[..=i]`.
-    fn logits(&mut self, i: usize) -> Result<&[f32], EngineError> {
+    /// `choose` applied to the target's logits after `tokens[..=i]`.
+    fn sample<T>(&mut self, i: usize, choose: impl FnOnce(&[f32]) -> T) -> Result<T, EngineError> {
         if i >= self.evaluated {
             let end = (self.evaluated + self.chunk).min(self.tokens.len());
-            let t0 = Instant::now();
-            decode(
+            let pass_ms = decode_timed(
                 self.ctx,
                 self.batch,
                 &self.tokens[self.evaluated..end],
                 self.start + self.evaluated,
                 true,
             )?;
-            self.passes.push((end - self.evaluated, ms(t0)));
+            self.passes.push((end - self.evaluated, pass_ms));
             self.evaluated = end;
         }
         let pass_start = (self.evaluated - 1) / self.chunk * self.chunk;
@@ -1048,7 +1126,11 @@ impl VerifyWindow<'_, '_> {
             "positions are asked for in increasing order"
         );
         let in_pass = i - pass_start;
-        Ok(self.ctx.get_logits_ith(in_pass as i32))
+        let started = Instant::now();
+        let chosen = choose(self.ctx.get_logits_ith(in_pass as i32));
+        self.sampling_ms += ms(started);
+        self.sampled += 1;
+        Ok(chosen)
     }
 }
 
@@ -1071,6 +1153,8 @@ fn round(
         let t0 = Instant::now();
         let pending = seq.tokens[seq.target_past..len - 1].to_vec();
         decode_chunked(&mut slot.target, &mut slot.batch, &pending, seq.target_past)?;
+        // Wait for the device, so that the reading is counted here.
+        slot.target.synchronize();
         seq.target_past = len - 1;
         seq.stats.prefill_ms += ms(t0);
     }
@@ -1105,6 +1189,7 @@ fn round(
                     min: params.min as usize,
                     max: most,
                     chunk,
+                    sample_ms: seq.sample_ms,
                 },
                 &seq.lookup,
             );
@@ -1175,21 +1260,26 @@ fn round(
         chunk,
         evaluated: 0,
         passes: Vec::with_capacity(1),
+        sampled: 0,
+        sampling_ms: 0.0,
     };
     let verdict = if seq.sampling.is_greedy() {
-        verifier::verify_greedy_lazily(&draft.tokens, |i| window.logits(i).map(sampling::argmax))?
+        verifier::verify_greedy_lazily(&draft.tokens, |i| window.sample(i, sampling::argmax))?
     } else {
         let params = &seq.sampling;
         verifier::verify_sampled_lazily(
             &draft.tokens,
             &draft.dists,
-            |i| window.logits(i).map(|l| sampling::distribution(l, params)),
+            |i| window.sample(i, |l| sampling::distribution(l, params)),
             &mut seq.rng,
         )?
     };
     let verify_ms = ms(t0);
     seq.stats.verify_ms += verify_ms;
     let passes = std::mem::take(&mut window.passes);
+    if window.sampled > 0 {
+        seq.sample_ms = smooth_sample_ms(seq.sample_ms, window.sampling_ms / window.sampled as f64);
+    }
     let Verdict { accepted, next } = verdict;
     // The round committed the accepted tokens and the target's own.
     seq.last_round = Some((accepted + 1, draft_ms + verify_ms));
@@ -1283,4 +1373,29 @@ fn round(
         });
     }
     Ok(finish.map_or(Progress::Continue, Progress::Finished))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{calibration_sizes, smooth_sample_ms};
+
+    #[test]
+    fn a_request_sampling_cost_follows_its_measurements() {
+        let mut cost = 0.1;
+        for _ in 0..40 {
+            cost = smooth_sample_ms(cost, 2.0);
+        }
+        assert!((cost - 2.0).abs() < 0.01, "{cost}");
+        assert_eq!(smooth_sample_ms(cost, f64::NAN), cost);
+        assert_eq!(smooth_sample_ms(cost, -1.0), cost);
+    }
+
+    #[test]
+    fn calibration_covers_the_curve_and_the_largest_pass() {
+        assert_eq!(calibration_sizes(1), [1]);
+        assert_eq!(calibration_sizes(5), [1, 2, 3, 4, 5]);
+        let gpu = calibration_sizes(65);
+        assert_eq!(gpu.len(), 17);
+        assert_eq!((gpu[15], gpu[16]), (16, 65));
+    }
 }

@@ -16,7 +16,11 @@
 //! the target passes that verification reaches: the batch of `k + 1` tokens
 //! is evaluated in passes of at most `chunk` tokens, and pass `m` runs only
 //! when the `m * chunk` tokens before it were accepted (probability
-//! `P_{m*chunk}`).
+//! `P_{m*chunk}`). Verification samples the target at each position it
+//! reaches, `1 + P_1 + … + P_k` of them on average, each costing the
+//! request's sampling time (an argmax, or a softmax over the vocabulary).
+//! All times are measured through the completion of the logits they read,
+//! and a draft step includes choosing its token.
 //!
 //! When plain decoding wins, acceptance is no longer observed, so the policy
 //! probes: after an interval of plain rounds it drafts once at the best
@@ -133,9 +137,16 @@ impl CostModel {
 
     /// Expected tokens and milliseconds of a round drafting `k` tokens with
     /// conditional acceptances `acceptance` (at least `k` of them), verified
-    /// in passes of at most `chunk` tokens.
-    pub fn expected_round(&self, k: usize, acceptance: &[f64], chunk: usize) -> (f64, f64) {
-        self.expected_round_with_step(k, acceptance, chunk, self.draft_step_ms())
+    /// in passes of at most `chunk` tokens, sampling a position costing
+    /// `sample_ms`.
+    pub fn expected_round(
+        &self,
+        k: usize,
+        acceptance: &[f64],
+        chunk: usize,
+        sample_ms: f64,
+    ) -> (f64, f64) {
+        self.expected_round_with_step(k, acceptance, chunk, self.draft_step_ms(), sample_ms)
     }
 
     /// [`CostModel::expected_round`] for a proposer whose step costs `step_ms`
@@ -146,6 +157,7 @@ impl CostModel {
         acceptance: &[f64],
         chunk: usize,
         step_ms: f64,
+        sample_ms: f64,
     ) -> (f64, f64) {
         let chunk = chunk.max(1);
         // survive[i]: probability that the first i drafted tokens are accepted.
@@ -157,7 +169,8 @@ impl CostModel {
         }
         let tokens = survive.iter().sum::<f64>();
         let batch = k + 1;
-        let mut ms = k as f64 * step_ms;
+        // Position i is sampled when the i drafted tokens before it were accepted.
+        let mut ms = k as f64 * step_ms + tokens * sample_ms.max(0.0);
         let mut start = 0;
         while start < batch {
             let size = chunk.min(batch - start);
@@ -255,10 +268,18 @@ pub fn best_length(
     min: usize,
     max: usize,
     chunk: usize,
+    sample_ms: f64,
 ) -> Choice {
-    let plain = rate(cost.expected_round(0, acceptance, chunk));
-    let best = best_speculative(cost, acceptance, min, max, chunk, cost.draft_step_ms())
-        .filter(|&(_, r)| r > plain * (1.0 + 1e-9));
+    let plain = rate(cost.expected_round(0, acceptance, chunk, sample_ms));
+    let best = best_speculative(
+        cost,
+        acceptance,
+        (min, max),
+        chunk,
+        cost.draft_step_ms(),
+        sample_ms,
+    )
+    .filter(|&(_, r)| r > plain * (1.0 + 1e-9));
     Choice {
         draft_length: best.map_or(0, |(k, _)| k),
         tokens_per_second: best.map_or(plain, |(_, r)| r),
@@ -301,7 +322,7 @@ pub struct Decision {
 }
 
 /// What may draft in the coming round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Options {
     /// Whether a drafter model is there.
     pub model: bool,
@@ -313,6 +334,8 @@ pub struct Options {
     pub max: usize,
     /// Most tokens per target pass.
     pub chunk: usize,
+    /// Milliseconds of sampling the target at one position for this request.
+    pub sample_ms: f64,
 }
 
 /// The adaptive state of one drafter for one language. The drafter model's
@@ -337,14 +360,14 @@ pub struct AdaptiveState {
 fn best_speculative(
     cost: &CostModel,
     acceptance: &[f64],
-    min: usize,
-    max: usize,
+    (min, max): (usize, usize),
     chunk: usize,
     step_ms: f64,
+    sample_ms: f64,
 ) -> Option<(usize, f64)> {
     let mut best: Option<(usize, f64)> = None;
     for k in min.max(1)..=max {
-        let r = rate(cost.expected_round_with_step(k, acceptance, chunk, step_ms));
+        let r = rate(cost.expected_round_with_step(k, acceptance, chunk, step_ms, sample_ms));
         if best.is_none_or(|(_, b)| r > b * (1.0 + 1e-9)) {
             best = Some((k, r));
         }
@@ -362,7 +385,7 @@ impl AdaptiveState {
         options: &Options,
         lookup: &AcceptanceModel,
     ) -> Decision {
-        let plain = rate(cost.expected_round(0, &[], options.chunk));
+        let plain = rate(cost.expected_round(0, &[], options.chunk, options.sample_ms));
         let mut candidates = Vec::with_capacity(2);
         if options.model {
             candidates.push((Proposer::Model, options.max, cost.draft_step_ms()));
@@ -382,9 +405,14 @@ impl AdaptiveState {
                 Proposer::Lookup => lookup.conditional(max),
                 _ => self.model.conditional(max),
             };
-            let Some((k, r)) =
-                best_speculative(cost, &acceptance, options.min, max, options.chunk, step_ms)
-            else {
+            let Some((k, r)) = best_speculative(
+                cost,
+                &acceptance,
+                (options.min, max),
+                options.chunk,
+                step_ms,
+                options.sample_ms,
+            ) else {
                 continue;
             };
             if r > decision.tokens_per_second * (1.0 + 1e-9) {
@@ -397,9 +425,15 @@ impl AdaptiveState {
             }
             // Worth probing only if perfect acceptance would beat plain decoding.
             let perfect = vec![1.0; max];
-            let could_pay =
-                best_speculative(cost, &perfect, options.min, max, options.chunk, step_ms)
-                    .is_some_and(|(_, best)| best > plain * (1.0 + 1e-9));
+            let could_pay = best_speculative(
+                cost,
+                &perfect,
+                (options.min, max),
+                options.chunk,
+                step_ms,
+                options.sample_ms,
+            )
+            .is_some_and(|(_, best)| best > plain * (1.0 + 1e-9));
             if could_pay && probe.is_none_or(|(_, _, b)| r > b) {
                 probe = Some((proposer, k, r));
             }
@@ -516,20 +550,51 @@ mod tests {
     fn expected_round_counts_survival_and_lazy_passes() {
         let c = linear_cpu();
         let a = [0.5, 0.5, 0.5, 0.5];
-        let (tokens, _) = c.expected_round(0, &a, 7);
+        let (tokens, _) = c.expected_round(0, &a, 7, 0.0);
         assert_eq!(tokens, 1.0);
-        let (tokens, ms) = c.expected_round(2, &a, 7);
+        let (tokens, ms) = c.expected_round(2, &a, 7, 0.0);
         assert!((tokens - 1.75).abs() < 1e-12);
         assert!((ms - (2.0 * 20.0 + 150.0)).abs() < 1e-9);
         // Passes of 2: the second pass (tokens 3..4) runs with probability 0.25.
-        let (_, ms) = c.expected_round(3, &a, 2);
+        let (_, ms) = c.expected_round(3, &a, 2, 0.0);
         assert!((ms - (3.0 * 20.0 + 100.0 + 0.25 * 100.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sampling_is_paid_at_every_position_verification_reaches() {
+        let c = linear_cpu();
+        let a = [0.5, 0.5, 0.5, 0.5];
+        let (_, without) = c.expected_round(2, &a, 7, 0.0);
+        let (tokens, with) = c.expected_round(2, &a, 7, 4.0);
+        // Positions 0, 1 and 2 are reached with probability 1, 0.5, 0.25.
+        assert!((with - without - 4.0 * 1.75).abs() < 1e-9);
+        assert!((tokens - 1.75).abs() < 1e-12);
+        let (_, plain) = c.expected_round(0, &a, 7, 4.0);
+        assert!((plain - (50.0 + 4.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sampling_costs_dilute_the_speed_up() {
+        // Plain decoding pays a pass and a sampling per token; a round of k
+        // drafted tokens pays one cheaper-per-token pass and a sampling per
+        // position reached. Sampling costs every token alike, so the more
+        // it costs, the less the saved passes matter.
+        let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
+        let cheap = best_length(&free, &[0.8; 8], 0, 8, 8, 0.0);
+        let costly = best_length(&free, &[0.8; 8], 0, 8, 8, 8.0);
+        assert!(cheap.draft_length > 0 && costly.draft_length > 0);
+        assert!(costly.tokens_per_second < cheap.tokens_per_second);
+        assert!(
+            costly.tokens_per_second / costly.plain_tokens_per_second
+                < cheap.tokens_per_second / cheap.plain_tokens_per_second,
+            "sampling costs dilute the speed-up: {cheap:?} {costly:?}"
+        );
     }
 
     #[test]
     fn plain_decoding_wins_when_batches_cost_linearly() {
         let perfect = vec![1.0; 8];
-        let choice = best_length(&linear_cpu(), &perfect, 0, 7, 7);
+        let choice = best_length(&linear_cpu(), &perfect, 0, 7, 7, 0.0);
         assert_eq!(choice.draft_length, 0, "even perfect acceptance cannot pay");
         assert!((choice.plain_tokens_per_second - 20.0).abs() < 1e-9);
     }
@@ -539,22 +604,22 @@ mod tests {
         let c = cpu_with_cheap_batches();
         // A free drafter (n-gram) pays at decent acceptance.
         let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
-        assert!(best_length(&free, &[0.8; 8], 0, 8, 8).draft_length > 0);
-        assert_eq!(best_length(&free, &[0.3; 8], 0, 8, 8).draft_length, 0);
+        assert!(best_length(&free, &[0.8; 8], 0, 8, 8, 0.0).draft_length > 0);
+        assert_eq!(best_length(&free, &[0.3; 8], 0, 8, 8, 0.0).draft_length, 0);
         // A 0.5B drafter at 0.56 of the target's cost does not pay even at
         // 99 % (what llama.cpp's own draft-and-verify shows on such a CPU),
         // a drafter at 0.2 of it does at 90 %.
-        assert_eq!(best_length(&c, &[0.99; 8], 0, 8, 8).draft_length, 0);
+        assert_eq!(best_length(&c, &[0.99; 8], 0, 8, 8, 0.0).draft_length, 0);
         let small = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 5.0, 8).unwrap();
-        assert!(best_length(&small, &[0.9; 8], 0, 8, 8).draft_length > 0);
+        assert!(best_length(&small, &[0.9; 8], 0, 8, 8, 0.0).draft_length > 0);
     }
 
     #[test]
     fn gpu_costs_favour_long_drafts_at_high_acceptance() {
         let c = gpu();
-        let long = best_length(&c, &[0.9; 16], 0, 16, 65);
+        let long = best_length(&c, &[0.9; 16], 0, 16, 65, 0.0);
         assert!(long.draft_length >= 6, "{long:?}");
-        let short = best_length(&c, &[0.4; 16], 0, 16, 65);
+        let short = best_length(&c, &[0.4; 16], 0, 16, 65, 0.0);
         assert!(short.draft_length < long.draft_length, "{short:?}");
         assert!(long.tokens_per_second > long.plain_tokens_per_second);
     }
@@ -562,7 +627,7 @@ mod tests {
     #[test]
     fn min_is_respected() {
         let c = gpu();
-        let choice = best_length(&c, &[0.6; 16], 5, 16, 65);
+        let choice = best_length(&c, &[0.6; 16], 5, 16, 65, 0.0);
         assert!(choice.draft_length == 0 || choice.draft_length >= 5);
     }
 
@@ -590,6 +655,7 @@ mod tests {
             min: 0,
             max,
             chunk,
+            sample_ms: 0.0,
         }
     }
 
@@ -616,6 +682,7 @@ mod tests {
             min: 0,
             max: 4,
             chunk: 3,
+            sample_ms: 0.0,
         };
         let mut lookup = AcceptanceModel::default();
         let mut lookup_rounds = 0;

@@ -88,11 +88,12 @@ impl Distribution {
     /// Returns `None` when the total weight is zero or not finite.
     pub fn from_weights(mut entries: Vec<(u32, f32)>) -> Option<Self> {
         entries.retain(|&(_, w)| w > 0.0);
+        // Summed in id order, so equal sets of weights give equal probabilities.
+        entries.sort_unstable_by_key(|&(t, _)| t);
         let total: f64 = entries.iter().map(|&(_, w)| f64::from(w)).sum();
         if !(total.is_finite() && total > 0.0) {
             return None;
         }
-        entries.sort_unstable_by_key(|&(t, _)| t);
         for entry in &mut entries {
             entry.1 = (f64::from(entry.1) / total) as f32;
         }
@@ -163,9 +164,20 @@ pub fn top_probability(logits: &[f32]) -> f32 {
     (1.0 / sum) as f32
 }
 
-/// The distribution sampling with `params` draws from, given raw logits.
-/// Only meaningful for temperature > 0; greedy decoding uses [`argmax`].
-pub fn distribution(logits: &[f32], params: &SamplingParams) -> Distribution {
+/// Tokens in the first partial selection of a nucleus (top-p) cut, grown
+/// fourfold while their mass falls short. Language models put most of the
+/// mass on a few tokens, so one selection over the vocabulary usually ends it.
+const NUCLEUS_FIRST_SELECTION: usize = 64;
+
+/// Descending weight, ties by lower id: the total order of every cut, so cuts
+/// are deterministic and target and drafter cut alike.
+fn descending(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The tokens with finite logits, scaled by the temperature, and top-k
+/// applied: the candidates every cut starts from.
+fn tempered_candidates(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f32)> {
     let temperature = params.temperature.max(f32::MIN_POSITIVE);
     let mut candidates: Vec<(u32, f32)> = logits
         .iter()
@@ -173,51 +185,114 @@ pub fn distribution(logits: &[f32], params: &SamplingParams) -> Distribution {
         .filter(|(_, l)| l.is_finite())
         .map(|(i, &l)| (i as u32, l / temperature))
         .collect();
-    if candidates.is_empty() {
-        return Distribution::point_mass(argmax(logits));
-    }
-    // Descending logit, ties by id, so that every cut below is deterministic.
-    let descending = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if params.top_k > 0 && params.top_k < candidates.len() {
         candidates.select_nth_unstable_by(params.top_k - 1, descending);
         candidates.truncate(params.top_k);
     }
-    let cuts_by_mass = params.top_p < 1.0 || params.min_p > 0.0;
-    // Sorting a 150k vocabulary costs milliseconds: only do it when a cut needs it.
-    if cuts_by_mass {
-        candidates.sort_unstable_by(descending);
-    }
+    candidates
+}
+
+/// Turn scaled logits into softmax weights in place (the largest weight is
+/// 1); returns their sum.
+fn softmax_weights(candidates: &mut [(u32, f32)]) -> f64 {
     let max = candidates
         .iter()
         .map(|c| c.1)
         .fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0.0f64;
-    for c in &mut candidates {
+    for c in candidates.iter_mut() {
         c.1 = (c.1 - max).exp();
         total += f64::from(c.1);
     }
-    for c in &mut candidates {
-        c.1 = (f64::from(c.1) / total) as f32;
+    total
+}
+
+/// How many of the `candidates`, taken most likely first, form the nucleus:
+/// the fewest whose probability (weight / `total`) reaches `top_p`. Leaves
+/// that many at the front in descending order; the rest are unordered.
+///
+/// Partial selection instead of a full sort: the most likely
+/// [`NUCLEUS_FIRST_SELECTION`] are selected (linear time) and sorted, and the
+/// selection grows fourfold while their mass falls short.
+fn nucleus_len(candidates: &mut [(u32, f32)], total: f64, top_p: f32) -> usize {
+    let mut mass = 0.0f32;
+    let mut sorted = 0;
+    let mut want = NUCLEUS_FIRST_SELECTION;
+    while sorted < candidates.len() {
+        let end = want.min(candidates.len());
+        let rest = &mut candidates[sorted..];
+        if end - sorted < rest.len() {
+            rest.select_nth_unstable_by(end - sorted - 1, descending);
+        }
+        rest[..end - sorted].sort_unstable_by(descending);
+        for (i, c) in candidates[sorted..end].iter().enumerate() {
+            mass += (f64::from(c.1) / total) as f32;
+            if mass >= top_p {
+                return sorted + i + 1;
+            }
+        }
+        sorted = end;
+        want = want.saturating_mul(4);
     }
+    candidates.len()
+}
+
+/// The distribution sampling with `params` draws from, given raw logits.
+/// Only meaningful for temperature > 0; greedy decoding uses [`argmax`].
+///
+/// Equal to [`distribution_by_full_sort`], the definition, in linear time
+/// plus a sort of the nucleus alone.
+pub fn distribution(logits: &[f32], params: &SamplingParams) -> Distribution {
+    let mut candidates = tempered_candidates(logits, params);
+    if candidates.is_empty() {
+        return Distribution::point_mass(argmax(logits));
+    }
+    let total = softmax_weights(&mut candidates);
+    if params.top_p < 1.0 {
+        let keep = nucleus_len(&mut candidates, total, params.top_p);
+        candidates.truncate(keep.max(1));
+    }
+    if params.min_p > 0.0 {
+        // Relative to the most likely token, whose weight is 1.
+        candidates.retain(|c| c.1 >= params.min_p);
+    }
+    Distribution::from_weights(candidates)
+        .unwrap_or_else(|| Distribution::point_mass(argmax(logits)))
+}
+
+/// The transform of [`distribution`] by its definition: sort every candidate
+/// by descending probability, then cut. Slow on a real vocabulary (a full
+/// sort per position); kept as the specification that the fast version is
+/// tested and timed against.
+pub fn distribution_by_full_sort(logits: &[f32], params: &SamplingParams) -> Distribution {
+    let mut candidates = tempered_candidates(logits, params);
+    if candidates.is_empty() {
+        return Distribution::point_mass(argmax(logits));
+    }
+    let total = softmax_weights(&mut candidates);
+    candidates.sort_unstable_by(descending);
+    let mut keep = candidates.len();
     if params.top_p < 1.0 {
         let mut mass = 0.0f32;
-        let mut keep = candidates.len();
         for (i, c) in candidates.iter().enumerate() {
-            mass += c.1;
+            mass += (f64::from(c.1) / total) as f32;
             if mass >= params.top_p {
                 keep = i + 1;
                 break;
             }
         }
-        candidates.truncate(keep.max(1));
     }
     if params.min_p > 0.0 {
-        let threshold = candidates[0].1 * params.min_p;
-        let keep = candidates.iter().take_while(|c| c.1 >= threshold).count();
-        candidates.truncate(keep.max(1));
+        keep = keep.min(
+            candidates
+                .iter()
+                .take_while(|c| c.1 >= params.min_p)
+                .count(),
+        );
     }
-    let fallback = candidates[0].0;
-    Distribution::from_weights(candidates).unwrap_or_else(|| Distribution::point_mass(fallback))
+    candidates.truncate(keep.max(1));
+    Distribution::from_weights(candidates)
+        .unwrap_or_else(|| Distribution::point_mass(argmax(logits)))
 }
 
 #[cfg(test)]
@@ -280,6 +355,63 @@ mod tests {
     fn low_temperature_concentrates_mass() {
         let d = distribution(&[1.0, 2.0], &params(0.01));
         assert!(d.prob(1) > 0.999);
+    }
+
+    /// Logits shaped like a language model's: a few likely tokens, a long
+    /// tail, ties (quantised values) and some masked (-inf) tokens.
+    fn model_like_logits(rng: &mut impl Rng, vocab: usize) -> Vec<f32> {
+        let peak = rng.gen_range(-4.0f32..12.0);
+        (0..vocab)
+            .map(|i| match rng.gen_range(0..100) {
+                0 => f32::NEG_INFINITY,
+                1..=3 => peak + rng.gen_range(-2.0f32..0.0),
+                _ if i % 7 == 0 => (rng.gen_range(-40i32..0) as f32) / 4.0,
+                _ => rng.gen_range(-12.0f32..2.0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partial_selection_equals_the_full_sort_definition() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut nucleus_sizes = Vec::new();
+        for case in 0..500 {
+            let vocab = [5, 64, 65, 300, 5000][case % 5];
+            let logits = model_like_logits(&mut rng, vocab);
+            let params = SamplingParams {
+                temperature: [0.2, 0.7, 1.0, 1.5][case % 4],
+                top_k: [0, 0, 3, 40, 200][(case / 5) % 5],
+                top_p: [1.0, 0.95, 0.5, 0.999, 0.05][(case / 25) % 5],
+                min_p: [0.0, 0.0, 0.05, 0.3][(case / 125) % 4],
+                seed: 0,
+            };
+            let fast = distribution(&logits, &params);
+            assert_eq!(
+                fast,
+                distribution_by_full_sort(&logits, &params),
+                "case {case}: {params:?}"
+            );
+            nucleus_sizes.push(fast.entries().len());
+        }
+        // The cases cover nuclei inside and beyond the first selection.
+        assert!(nucleus_sizes.iter().any(|&n| n < NUCLEUS_FIRST_SELECTION));
+        assert!(nucleus_sizes
+            .iter()
+            .any(|&n| n > 4 * NUCLEUS_FIRST_SELECTION));
+    }
+
+    #[test]
+    fn nucleus_ties_are_cut_by_lower_id() {
+        // Four equally likely tokens, top_p 0.5: the two lowest ids.
+        let p = SamplingParams {
+            top_p: 0.5,
+            ..params(1.0)
+        };
+        let d = distribution(&[0.0, 1.0, 1.0, 1.0, 1.0], &p);
+        let ids: Vec<u32> = d.entries().iter().map(|e| e.0).collect();
+        assert!(ids == [1, 2] || ids == [1, 2, 3], "{ids:?}");
+        assert_eq!(d, distribution_by_full_sort(&[0.0, 1.0, 1.0, 1.0, 1.0], &p));
     }
 
     #[test]
