@@ -147,25 +147,11 @@ def pack(args):
     STAGE.mkdir(parents=True)
     files = {name: {"size": path.stat().st_size, "sha256": sha256(path), "parts": []}
              for name, path in sources.items()}
-    # Each group's files as one stream, cut into calls of part_bytes: a part
-    # is a piece of one file (file, offset, length), named after both.
-    calls = []
-    for group, names in [("common", COMMON)] + [(pair, OWN[pair]) for pair in pairs]:
-        current, used = [], 0
-        for name in names:
-            size, offset = files[name]["size"], 0
-            while offset < size:
-                length = min(part_bytes - used, size - offset)
-                part = f"{name.replace('/', '__')}.{offset:012}"
-                files[name]["parts"].append(part)
-                current.append((part, name, offset, length))
-                used += length
-                offset += length
-                if used == part_bytes:
-                    calls.append((group, current))
-                    current, used = [], 0
-        if current:
-            calls.append((group, current))
+    groups = [("common", COMMON)] + [(pair, OWN[pair]) for pair in pairs]
+    calls = cut_into_calls(groups, {n: f["size"] for n, f in files.items()}, part_bytes)
+    for _, pieces in calls:
+        for part, name, _, _ in pieces:
+            files[name]["parts"].append(part)
     manifest = {"commit": (kit / "commit").read_text().strip(), "part_bytes": part_bytes, "files": files,
                 "calls": [{"name": f"call-{i + 1:02}", "group": group, "parts": [p[0] for p in pieces]}
                           for i, (group, pieces) in enumerate(calls)],
@@ -188,6 +174,28 @@ def pack(args):
     for pair in pairs:
         count = sum(1 for c in manifest["calls"] if c["group"] in ("common", pair))
         print(f"pair {pair}: {count} calls")
+
+
+def cut_into_calls(groups, sizes, part_bytes):
+    """Each group's files (in order) as one stream, cut into calls of at most
+    `part_bytes`: a list of (group, pieces), a piece being (part name, file,
+    offset, length), the name made of the file's and the offset."""
+    calls = []
+    for group, names in groups:
+        current, used = [], 0
+        for name in names:
+            size, offset = sizes[name], 0
+            while offset < size:
+                length = min(part_bytes - used, size - offset)
+                current.append((f"{name.replace('/', '__')}.{offset:012}", name, offset, length))
+                used += length
+                offset += length
+                if used == part_bytes:
+                    calls.append((group, current))
+                    current, used = [], 0
+        if current:
+            calls.append((group, current))
+    return calls
 
 
 def call_capacity(part_mib):

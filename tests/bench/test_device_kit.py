@@ -5,6 +5,7 @@ by the budget left. The stage here is small and synthetic; `kit.py local`
 rehearses the whole kit with the real CUDA build and models."""
 
 import hashlib
+import importlib.util
 import io
 import json
 import subprocess
@@ -15,6 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "bench" / "device" / "kit.py"
 PART = 1000
+
+_spec = importlib.util.spec_from_file_location("kit", KIT)
+kit = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kit)
 
 
 def make_stage(tmp_path):
@@ -34,27 +39,13 @@ def make_stage(tmp_path):
     }
     groups = [("common", ["kit.tar.xz", "models/common.gguf"]),
               ("large", ["models/large.gguf"]), ("small", ["models/small.gguf"])]
-    files, calls = {}, []
-    for group, names in groups:
-        current, used = [], 0
-        for name in names:
-            data, offset = contents[name], 0
-            files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "parts": []}
-            while offset < len(data):
-                length = min(PART - used, len(data) - offset)
-                part = f"{name.replace('/', '__')}.{offset:012}"
-                files[name]["parts"].append(part)
-                current.append((part, data[offset:offset + length]))
-                used += length
-                offset += length
-                if used == PART:
-                    calls.append((group, current))
-                    current, used = [], 0
-        if current:
-            calls.append((group, current))
+    calls = kit.cut_into_calls(groups, {n: len(d) for n, d in contents.items()}, PART)
+    files = {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest(),
+                 "parts": [p for _, pieces in calls for p, name, _, _ in pieces if name == n]}
+             for n, d in contents.items()}
     manifest = {
         "commit": "test", "part_bytes": PART, "files": files,
-        "calls": [{"name": f"call-{i + 1:02}", "group": g, "parts": [p for p, _ in pieces]}
+        "calls": [{"name": f"call-{i + 1:02}", "group": g, "parts": [p[0] for p in pieces]}
                   for i, (g, pieces) in enumerate(calls)],
         "pairs": {"large": {"why": "large", "run_s": 100}, "small": {"why": "small", "run_s": 50}},
         "common": groups[0][1], "own": {"large": groups[1][1], "small": groups[2][1]},
@@ -64,8 +55,8 @@ def make_stage(tmp_path):
         folder = stage / entry["name"]
         folder.mkdir(parents=True)
         (folder / "manifest.json").write_text(json.dumps(manifest))
-        for part, data in pieces:
-            (folder / part).write_bytes(data)
+        for part, name, offset, length in pieces:
+            (folder / part).write_bytes(contents[name][offset:offset + length])
     return stage, manifest, contents
 
 
@@ -74,6 +65,15 @@ def receive(stage, store, call, budget=None):
     if budget is not None:
         command += ["--budget-left", str(budget)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_calls_are_cut_from_each_group_as_one_stream():
+    calls = kit.cut_into_calls([("common", ["a", "b"]), ("large", ["c"])], {"a": 700, "b": 700, "c": 50}, 1000)
+    assert [(g, [(n, o, l) for _, n, o, l in pieces]) for g, pieces in calls] == [
+        ("common", [("a", 0, 700), ("b", 0, 300)]),
+        ("common", [("b", 300, 400)]),
+        ("large", [("c", 0, 50)]),
+    ]
 
 
 def test_files_are_reassembled_checked_and_unpacked(tmp_path):
