@@ -308,6 +308,7 @@ def receive(args):
     status.update({"received": state["received"], "files_ready": state["done"]})
     print(json.dumps(status, indent=1))
     if os.environ.get("OUT"):
+        Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
         Path(os.environ["OUT"], "staging.json").write_text(json.dumps(status, indent=1))
     pending = [f for f in manifest["common"] if f not in state["done"]]
     if pending:
@@ -408,6 +409,7 @@ def copy_back(out, name):
         return
     keep = [out / n for n in ("costs.json", "curve.md", "check.log")] + sorted(out.glob(f"{name}.*"))
     keep += sorted((out / "tmp").glob("specdec*.log"))[:1]
+    Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
     for path in [p for p in keep if p.is_file()][:8]:
         shutil.copy2(path, Path(os.environ["OUT"]) / path.name)
 
