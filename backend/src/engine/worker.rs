@@ -835,6 +835,8 @@ fn calibration_sizes(largest: usize) -> Vec<usize> {
 }
 /// Tokens of context before the measured passes.
 const CALIBRATION_PREFIX: usize = 32;
+/// Timed pairs per measured pass size and per draft step.
+const CALIBRATION_PAIRS: usize = 3;
 
 /// What start-up measured for the adaptive policy.
 struct Calibration {
@@ -887,21 +889,51 @@ fn calibrate(
     let probe: Vec<u32> = prefix.iter().cycle().take(largest).copied().collect();
     slot.target.clear_kv_cache();
     decode_chunked(&mut slot.target, &mut slot.batch, &prefix, 0)?;
+    for ctx in &mut slot.drafters {
+        ctx.clear_kv_cache();
+        decode_chunked(ctx, &mut slot.batch, &prefix, 0)?;
+    }
     let sizes = calibration_sizes(largest);
-    // A first pass warms caches and threads up; then the best of two.
+    // A first pass of each context warms caches and threads up.
     time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
-    let mut passes = Vec::with_capacity(sizes.len());
-    for &n in &sizes {
-        let mut best = f64::INFINITY;
-        for _ in 0..2 {
-            best = best.min(time_pass(
-                &mut slot.target,
-                &mut slot.batch,
-                &probe[..n],
-                start,
-            )?);
+    for ctx in &mut slot.drafters {
+        time_draft_step(ctx, &mut slot.batch, probe[0], start)?;
+    }
+    // Each larger pass and each draft step is timed right after a
+    // one-token target pass, and costs what the median pair says relative
+    // to it: a change of load during start-up touches both halves of a
+    // pair alike, where it would skew times taken apart.
+    let mut unit = f64::INFINITY;
+    let mut pass_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); sizes.len()];
+    let mut step_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); slot.drafters.len()];
+    for _ in 0..CALIBRATION_PAIRS {
+        for (&n, ratios) in sizes.iter().zip(&mut pass_ratios).filter(|(n, _)| **n > 1) {
+            let one = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+            let pass = time_pass(&mut slot.target, &mut slot.batch, &probe[..n], start)?;
+            unit = unit.min(one);
+            ratios.push(pass / one);
         }
-        passes.push((n, best));
+        for (ctx, ratios) in slot.drafters.iter_mut().zip(&mut step_ratios) {
+            let one = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+            let step = time_draft_step(ctx, &mut slot.batch, probe[0], start)?;
+            unit = unit.min(one);
+            ratios.push(step / one);
+        }
+    }
+    if !unit.is_finite() {
+        unit = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+    }
+    let passes: Vec<(usize, f64)> = sizes
+        .iter()
+        .zip(&mut pass_ratios)
+        .map(|(&n, ratios)| (n, if n == 1 { unit } else { unit * median(ratios) }))
+        .collect();
+    let step_by_model: Vec<f64> = step_ratios
+        .iter_mut()
+        .map(|ratios| unit * median(ratios))
+        .collect();
+    for ctx in &mut slot.drafters {
+        ctx.clear_kv_cache();
     }
     // Sampling one position, on the logits of a real pass.
     decode_timed(&mut slot.target, &mut slot.batch, &probe[..1], start, true)?;
@@ -920,24 +952,6 @@ fn calibrate(
         }),
     };
     slot.target.clear_kv_cache();
-    // One draft step per drafter model, its token chosen (greedily);
-    // model-free drafters cost nothing here.
-    let mut step_by_model = Vec::with_capacity(slot.drafters.len());
-    for ctx in &mut slot.drafters {
-        ctx.clear_kv_cache();
-        decode_chunked(ctx, &mut slot.batch, &prefix, 0)?;
-        time_pass(ctx, &mut slot.batch, &probe[..1], start)?;
-        let mut best = f64::INFINITY;
-        for _ in 0..2 {
-            let started = Instant::now();
-            decode_timed(ctx, &mut slot.batch, &probe[..1], start, false)?;
-            std::hint::black_box(sampling::argmax(ctx.get_logits_ith(0)));
-            best = best.min(ms(started));
-            truncate_kv(ctx, start)?;
-        }
-        ctx.clear_kv_cache();
-        step_by_model.push(best);
-    }
     let mut costs = Vec::with_capacity(drafters.len());
     for d in drafters {
         let step = d
@@ -992,6 +1006,31 @@ fn time_pass(
     let elapsed = decode_timed(ctx, batch, tokens, start, true)?;
     truncate_kv(ctx, start)?;
     Ok(elapsed)
+}
+
+/// Milliseconds of one draft step at `start`: a one-token pass through its
+/// logits and the (greedy) choice of its token, rolled back after.
+fn time_draft_step(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    token: u32,
+    start: usize,
+) -> Result<f64, EngineError> {
+    let started = Instant::now();
+    decode_timed(ctx, batch, &[token], start, false)?;
+    std::hint::black_box(sampling::argmax(ctx.get_logits_ith(0)));
+    let elapsed = ms(started);
+    truncate_kv(ctx, start)?;
+    Ok(elapsed)
+}
+
+/// The middle of `values` (the lower middle of an even count; 1 when empty).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 1.0,
+        n => values[(n - 1) / 2],
+    }
 }
 
 /// Milliseconds of `work`, the best of three runs (sampling transforms are

@@ -4,8 +4,9 @@
 //! Two models feed the choice. The cost model holds the time of a target
 //! pass by its size and of one draft step, measured at start-up on the
 //! actual hardware and refined with every round. Costs are kept relative to
-//! a single-token pass, whose time is re-measured all the time, so a change
-//! of machine load moves every size together. The acceptance model holds,
+//! a single-token pass, whose time every observed pass re-measures (through
+//! the pass's relative cost), so a change of machine load moves every size
+//! together, and a larger pass never costs less than a smaller one. The acceptance model holds,
 //! per drafter and language, the probability that the target accepts the
 //! drafted token at each position given that it accepted all before it,
 //! forgetting old rounds at a fixed rate.
@@ -32,6 +33,9 @@ use serde::Serialize;
 
 /// How much of the previous estimate survives one new observation.
 const COST_SMOOTHING: f64 = 0.9;
+/// The same for the shape of the cost curve (a pass's cost relative to a
+/// one-token pass), which changes with the hardware, not with the load.
+const SHAPE_SMOOTHING: f64 = 0.98;
 /// Decay of acceptance counts per observed round: about the last 50 rounds count.
 const ACCEPTANCE_DECAY: f64 = 0.98;
 /// Weight, in rounds, of the prior of a position's acceptance.
@@ -75,11 +79,13 @@ impl CostModel {
         let relative = (1..=largest.max(1))
             .map(|n| interpolate(&points, n) / unit_ms)
             .collect();
-        Some(Self {
+        let mut model = Self {
             unit_ms,
             relative,
             draft_step: (draft_step_ms / unit_ms).max(0.0),
-        })
+        };
+        model.keep_monotone();
+        Some(model)
     }
 
     /// Milliseconds of a one-token target pass.
@@ -114,16 +120,33 @@ impl CostModel {
         }
     }
 
-    /// Refine with a measured target pass.
+    /// Refine with a measured target pass. Any size tells the current
+    /// load: the pass implies a one-token time through its relative cost,
+    /// and that moves every size together; what the implied time leaves
+    /// unexplained slowly reshapes the pass's relative cost. So the unit
+    /// stays current while only larger passes run (as when drafting every
+    /// round), and a load change cannot pass for cheap batches.
     pub fn observe_pass(&mut self, tokens: usize, ms: f64) {
         if tokens == 0 || !ms.is_finite() || ms <= 0.0 {
             return;
         }
-        if tokens == 1 {
-            self.unit_ms = smooth(self.unit_ms, ms);
-        } else if tokens <= self.relative.len() {
+        let relative = self.relative_pass(tokens);
+        self.unit_ms = smooth(self.unit_ms, ms / relative);
+        if tokens > 1 && tokens <= self.relative.len() {
             let r = &mut self.relative[tokens - 1];
-            *r = smooth(*r, ms / self.unit_ms);
+            *r = SHAPE_SMOOTHING * *r + (1.0 - SHAPE_SMOOTHING) * (ms / self.unit_ms);
+            self.keep_monotone();
+        }
+    }
+
+    /// A pass of more tokens never costs less than one of fewer, and none
+    /// less than a one-token pass: measurement noise must not make a batch
+    /// look cheaper than its parts.
+    fn keep_monotone(&mut self) {
+        let mut floor = 1.0;
+        for r in &mut self.relative {
+            *r = r.max(floor);
+            floor = *r;
         }
     }
 
@@ -747,6 +770,50 @@ mod tests {
             state.observe(d.proposer, d.draft_length, d.draft_length, &mut lookup);
         }
         assert!(speculative > 2000, "{speculative}");
+    }
+
+    #[test]
+    fn a_batch_never_looks_cheaper_than_its_parts() {
+        let noisy =
+            CostModel::calibrated(&[(1, 50.0), (2, 40.0), (3, 60.0), (4, 55.0)], 5.0, 4).unwrap();
+        assert_eq!(noisy.pass_ms(2), 50.0);
+        assert_eq!(noisy.pass_ms(3), 60.0);
+        assert_eq!(noisy.pass_ms(4), 60.0);
+        let mut c = cpu_with_cheap_batches();
+        for _ in 0..500 {
+            c.observe_pass(2, 20.0);
+        }
+        assert!(c.pass_ms(2) >= c.pass_ms(1) - 1e-9);
+        assert!(c.pass_ms(3) >= c.pass_ms(2) - 1e-9);
+    }
+
+    #[test]
+    fn the_unit_follows_the_load_while_only_larger_passes_run() {
+        // Start-up timed the one-token pass under a burst of load; then
+        // every round drafts with a drafter as costly as the target, so no
+        // one-token pass runs again. The verification passes and draft steps
+        // of those rounds must still reveal that drafting cannot pay.
+        let mut c = CostModel::calibrated(&[(1, 250.0), (2, 260.0), (3, 270.0)], 140.0, 3).unwrap();
+        let mut state = AdaptiveState::default();
+        let mut lookup = AcceptanceModel::default();
+        let mut drafting_rounds = 0;
+        for round in 0..200 {
+            let d = state.decide(&c, &model_only(2, 3), &lookup);
+            if d.proposer == Proposer::Model {
+                drafting_rounds += 1;
+                assert!(round < 60, "still drafting at round {round}: {c:?}");
+                c.observe_pass(d.draft_length + 1, 100.0 + 4.0 * d.draft_length as f64);
+                c.observe_draft(d.draft_length, 140.0 * d.draft_length as f64);
+            } else {
+                c.observe_pass(1, 100.0);
+            }
+            state.observe(d.proposer, d.draft_length, d.draft_length, &mut lookup);
+        }
+        assert!(
+            drafting_rounds > 0,
+            "the inflated unit made drafting look cheap"
+        );
+        assert!((c.unit_ms() - 100.0).abs() < 5.0, "{c:?}");
     }
 
     #[test]
