@@ -53,6 +53,11 @@ struct Args {
     /// Temperatures of the proofreading task.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     proofread_temperatures: Vec<f32>,
+    /// Times each request is sent to each mode (same prompt and seed): the
+    /// report gives medians and the speedups' range, so that a difference
+    /// between languages can be told from the noise of a shared machine.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = report::parse_repeat)]
+    repeat: usize,
     /// Concurrent clients in the load mode (`--concurrency` alone: skip it).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,4,8")]
     concurrency: Vec<usize>,
@@ -307,55 +312,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect();
     let mut runs = Vec::new();
-    let total = paragraphs.len() * plan.len() * modes.len();
+    let total = paragraphs.len() * plan.len() * modes.len() * args.repeat;
+    // The repetitions of a request are apart by the other paragraphs'
+    // requests, so that they meet the machine at different moments; within
+    // each, the compared modes still run back to back.
     for &(task, temperature) in &plan {
-        for (index, paragraph) in paragraphs.iter().enumerate() {
-            let sampling = Sampling {
-                temperature,
-                seed: 1000 + index as u64,
-            };
-            let user = task.prompt(paragraph);
-            let reference = task.reference(paragraph);
-            for mode in modes::measurement_order(&modes) {
-                let server = server_of(mode.server);
-                let body = chat_body(
-                    &user,
-                    max_tokens,
-                    sampling,
-                    &mode.request_fields(&paragraph.iso639_1),
-                );
-                let measurement =
-                    chat(&client, &server.base_url, &body)
-                        .await
-                        .with_context(|| {
-                            format!(
-                                "{} on {}:\n{}",
-                                mode.name,
-                                paragraph.origin,
-                                server.log_tail()
-                            )
-                        })?;
-                tracing::info!(
-                    done = runs.len() + 1,
-                    total,
-                    task = task.name(),
-                    language = %paragraph.language,
+        for repeat in 0..args.repeat {
+            for (index, paragraph) in paragraphs.iter().enumerate() {
+                let sampling = Sampling {
                     temperature,
-                    mode = %mode.name,
-                    tokens = measurement.completion_tokens,
-                    e2e_ms = measurement.e2e_ms as u64,
-                    "measured"
-                );
-                runs.push(Run {
-                    task,
-                    language: paragraph.language.clone(),
-                    origin: paragraph.origin.clone(),
-                    temperature,
-                    mode: mode.name.clone(),
-                    chrf: chrf::chrf(&measurement.text, reference),
-                    measurement,
-                    reference: reference.to_string(),
-                });
+                    seed: 1000 + index as u64,
+                };
+                let user = task.prompt(paragraph);
+                let reference = task.reference(paragraph);
+                for mode in modes::measurement_order(&modes) {
+                    let server = server_of(mode.server);
+                    let body = chat_body(
+                        &user,
+                        max_tokens,
+                        sampling,
+                        &mode.request_fields(&paragraph.iso639_1),
+                    );
+                    let measurement =
+                        chat(&client, &server.base_url, &body)
+                            .await
+                            .with_context(|| {
+                                format!(
+                                    "{} on {}:\n{}",
+                                    mode.name,
+                                    paragraph.origin,
+                                    server.log_tail()
+                                )
+                            })?;
+                    tracing::info!(
+                        done = runs.len() + 1,
+                        total,
+                        task = task.name(),
+                        language = %paragraph.language,
+                        temperature,
+                        repeat,
+                        mode = %mode.name,
+                        tokens = measurement.completion_tokens,
+                        e2e_ms = measurement.e2e_ms as u64,
+                        "measured"
+                    );
+                    runs.push(Run {
+                        task,
+                        language: paragraph.language.clone(),
+                        origin: paragraph.origin.clone(),
+                        temperature,
+                        mode: mode.name.clone(),
+                        chrf: chrf::chrf(&measurement.text, reference),
+                        measurement,
+                        reference: reference.to_string(),
+                        repeat,
+                    });
+                }
             }
         }
     }
@@ -406,6 +418,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             threads,
             gpu_layers: args.gpu_layers,
             concurrency: args.concurrency.clone(),
+            repeat: args.repeat,
         },
         modes,
         languages,

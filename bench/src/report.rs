@@ -36,6 +36,28 @@ pub struct Run {
     pub reference: String,
     /// Sentence-level chrF of the output against it.
     pub chrf: f64,
+    /// Which repetition of its request this is, from 0 (`--repeat`): the
+    /// repetitions of a request send the same prompt with the same seed.
+    #[serde(default)]
+    pub repeat: usize,
+}
+
+/// The figures of one cell (task, language, temperature, mode) from one
+/// repetition of its requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatFigures {
+    /// The repetition, from 0.
+    pub repeat: usize,
+    /// Generated tokens after the first, per second after the first.
+    pub decode_tokens_per_second: f64,
+    /// Mean end-to-end latency, milliseconds.
+    pub e2e_ms: f64,
+    /// Mean time to the first token, milliseconds.
+    pub ttft_ms: f64,
+    /// Decode speed over specdec's target-only decode speed in the same repetition.
+    pub speedup: f64,
+    /// End-to-end latency of target-only in the same repetition over this mode's.
+    pub e2e_speedup: f64,
 }
 
 /// Figures of one mode for one task, language and temperature.
@@ -49,9 +71,10 @@ pub struct Summary {
     pub temperature: f32,
     /// Mode name.
     pub mode: String,
-    /// Requests.
+    /// Requests, all repetitions together.
     pub requests: usize,
-    /// Generated tokens after the first, per second after the first.
+    /// Generated tokens after the first, per second after the first
+    /// (median over the repetitions, as are the timings and speedups below).
     pub decode_tokens_per_second: f64,
     /// Mean end-to-end latency, milliseconds.
     pub e2e_ms: f64,
@@ -61,7 +84,8 @@ pub struct Summary {
     pub acceptance: Option<f64>,
     /// Mean accepted length τ: 1 + accepted / drafts.
     pub tau: Option<f64>,
-    /// Decode speed over specdec's target-only decode speed in this run.
+    /// Decode speed over specdec's target-only decode speed in this run:
+    /// the median of the repetitions' own ratios.
     pub speedup: f64,
     /// End-to-end latency of target-only over this mode's.
     pub e2e_speedup: f64,
@@ -71,6 +95,67 @@ pub struct Summary {
     pub chrf: f64,
     /// Share of rounds by draft length (adaptive only).
     pub draft_length_share: Vec<f64>,
+    /// The timings and speedups of each repetition, in order.
+    #[serde(default)]
+    pub per_repeat: Vec<RepeatFigures>,
+}
+
+impl Summary {
+    /// Median and range of the speedup over the repetitions (`None` in
+    /// reports from before repetitions were recorded).
+    pub fn speedup_spread(&self) -> Option<Spread> {
+        let speedups: Vec<f64> = self.per_repeat.iter().map(|r| r.speedup).collect();
+        Spread::of(&speedups)
+    }
+}
+
+/// Median and range of one figure over the repetitions of a cell. With the
+/// few repetitions a run affords, the range says more than quartiles would.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// The median: the middle value, or the mean of the middle two.
+    pub median: f64,
+    /// The smallest value.
+    pub min: f64,
+    /// The largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`, in any order; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        Some(Spread {
+            median: median_of_sorted(&sorted)?,
+            min: *sorted.first()?,
+            max: *sorted.last()?,
+        })
+    }
+}
+
+/// The median of `values`, in any order (0 when there are none).
+pub fn median(values: &[f64]) -> f64 {
+    Spread::of(values).map_or(0.0, |s| s.median)
+}
+
+fn median_of_sorted(sorted: &[f64]) -> Option<f64> {
+    let middle = sorted.len() / 2;
+    let upper = *sorted.get(middle)?;
+    if sorted.len() % 2 == 1 {
+        Some(upper)
+    } else {
+        Some((sorted.get(middle - 1)? + upper) / 2.0)
+    }
+}
+
+/// The value of `--repeat`: how many times each request is sent, at least once.
+pub fn parse_repeat(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("needs at least 1 (every request is sent at least once)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count of repetitions: {e}")),
+    }
 }
 
 /// A load run: concurrent clients against one server.
@@ -138,6 +223,13 @@ pub struct Settings {
     pub gpu_layers: u32,
     /// Concurrency levels of the load mode.
     pub concurrency: Vec<usize>,
+    /// Times each request was sent per mode (`--repeat`).
+    #[serde(default = "one")]
+    pub repeat: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A whole benchmark report.
@@ -163,7 +255,30 @@ pub struct Report {
     pub runs: Vec<Run>,
 }
 
-/// Summaries of `runs` per language, temperature and mode.
+impl Report {
+    /// The summary of `mode` for `task`, `language` and `temperature`, if
+    /// measured. Tables and charts look summaries up here only, by all four
+    /// keys: two tasks share temperatures, languages and modes.
+    pub fn summary(
+        &self,
+        task: Task,
+        language: &str,
+        temperature: f32,
+        mode: &str,
+    ) -> Option<&Summary> {
+        self.summaries.iter().find(|x| {
+            x.task == task
+                && x.language == language
+                && x.temperature == temperature
+                && x.mode == mode
+        })
+    }
+}
+
+/// Summaries of `runs` per language, temperature and mode. Timings and
+/// speedups are computed per repetition, each against target-only in the same
+/// repetition, and summarized by their median; counts (acceptance, τ,
+/// exactness, chrF, draft lengths) are pooled over all repetitions.
 pub fn summarize(
     runs: &[Run],
     modes: &[Mode],
@@ -187,15 +302,15 @@ pub fn summarize(
                 continue;
             };
             let base = of(&baseline.name);
-            let base_tps = decode_rate(&base);
-            let base_e2e = mean(base.iter().map(|r| r.measurement.e2e_ms));
             for mode in modes {
                 let these = of(&mode.name);
                 if these.is_empty() {
                     continue;
                 }
-                let tps = decode_rate(&these);
-                let e2e = mean(these.iter().map(|r| r.measurement.e2e_ms));
+                let per_repeat = repeat_figures(&these, &base);
+                let median_of = |figure: fn(&RepeatFigures) -> f64| {
+                    median(&per_repeat.iter().map(figure).collect::<Vec<_>>())
+                };
                 let drafted: Option<u64> = these.iter().map(|r| r.measurement.draft_tokens).sum();
                 let accepted: Option<u64> =
                     these.iter().map(|r| r.measurement.accepted_tokens).sum();
@@ -218,7 +333,9 @@ pub fn summarize(
                         .iter()
                         .filter(|r| {
                             reference.iter().any(|b| {
-                                b.origin == r.origin && b.measurement.text == r.measurement.text
+                                b.origin == r.origin
+                                    && b.repeat == r.repeat
+                                    && b.measurement.text == r.measurement.text
                             })
                         })
                         .count();
@@ -249,16 +366,17 @@ pub fn summarize(
                     temperature,
                     mode: mode.name.clone(),
                     requests: these.len(),
-                    decode_tokens_per_second: tps,
-                    e2e_ms: e2e,
-                    ttft_ms: mean(these.iter().map(|r| r.measurement.ttft_ms)),
+                    decode_tokens_per_second: median_of(|r| r.decode_tokens_per_second),
+                    e2e_ms: median_of(|r| r.e2e_ms),
+                    ttft_ms: median_of(|r| r.ttft_ms),
                     acceptance,
                     tau,
-                    speedup: ratio(tps, base_tps),
-                    e2e_speedup: ratio(base_e2e, e2e),
+                    speedup: median_of(|r| r.speedup),
+                    e2e_speedup: median_of(|r| r.e2e_speedup),
                     exact,
                     chrf: crate::chrf::corpus_chrf(&pairs),
                     draft_length_share,
+                    per_repeat,
                 });
             }
         }
@@ -277,6 +395,37 @@ impl Mode {
                 (Specdec, Specdec) | (LlamaServer, LlamaServer | LlamaServerDraft)
             )
     }
+}
+
+/// The figures of `these` runs of one cell, per repetition, against the
+/// `baseline` runs of the same repetition.
+fn repeat_figures<'a>(these: &[&'a Run], baseline: &[&'a Run]) -> Vec<RepeatFigures> {
+    let mut repeats: Vec<usize> = these.iter().map(|r| r.repeat).collect();
+    repeats.sort_unstable();
+    repeats.dedup();
+    repeats
+        .into_iter()
+        .map(|repeat| {
+            let of = |runs: &[&'a Run]| -> Vec<&'a Run> {
+                runs.iter()
+                    .filter(|r| r.repeat == repeat)
+                    .copied()
+                    .collect()
+            };
+            let (mine, base) = (of(these), of(baseline));
+            let tps = decode_rate(&mine);
+            let e2e = mean(mine.iter().map(|r| r.measurement.e2e_ms));
+            let base_e2e = mean(base.iter().map(|r| r.measurement.e2e_ms));
+            RepeatFigures {
+                repeat,
+                decode_tokens_per_second: tps,
+                e2e_ms: e2e,
+                ttft_ms: mean(mine.iter().map(|r| r.measurement.ttft_ms)),
+                speedup: ratio(tps, decode_rate(&base)),
+                e2e_speedup: ratio(base_e2e, e2e),
+            }
+        })
+        .collect()
 }
 
 fn decode_rate(runs: &[&Run]) -> f64 {
@@ -424,7 +573,7 @@ pub fn markdown(report: &Report) -> String {
         .join(", ");
     let _ = writeln!(
         md,
-        "- started {} · {:.0} s · commit `{}`\n- machine: {} ({} cores, {:.0} GiB){} · kernel {}\n- llama-server: {}\n- {} paragraph(s) per language from the Debian Reference; tasks: {}; at most {} tokens, {} thread(s), draft length {} (fixed lengths {:?}), {} GPU layer(s)\n",
+        "- started {} · {:.0} s · commit `{}`\n- machine: {} ({} cores, {:.0} GiB){} · kernel {}\n- llama-server: {}\n- {} paragraph(s) per language from the Debian Reference; tasks: {}; at most {} tokens, {} thread(s), draft length {} (fixed lengths {:?}), {} GPU layer(s){}\n",
         report.started,
         report.duration_s,
         m.commit,
@@ -441,6 +590,11 @@ pub fn markdown(report: &Report) -> String {
         s.draft_max,
         s.fixed_lengths,
         s.gpu_layers,
+        if s.repeat > 1 {
+            format!("; every request sent {} times, timings and speedups are medians over them", s.repeat)
+        } else {
+            String::new()
+        },
     );
     for kernels in &m.specdec_kernels {
         let _ = writeln!(md, "- {kernels}");
@@ -448,12 +602,6 @@ pub fn markdown(report: &Report) -> String {
     if !m.specdec_kernels.is_empty() {
         let _ = writeln!(md);
     }
-    let find = |task: Task, lang: &str, t: f32, mode: &str| {
-        report
-            .summaries
-            .iter()
-            .find(|x| x.task == task && x.language == lang && x.temperature == t && x.mode == mode)
-    };
     for &(task, t) in &s.plan {
         let _ = writeln!(
             md,
@@ -461,6 +609,13 @@ pub fn markdown(report: &Report) -> String {
             task.name(),
             temperature_label(t)
         );
+        if s.repeat > 1 {
+            let _ = writeln!(
+                md,
+                "Medians of {} repetitions; after the speedup, its range over them (min–max).\n",
+                s.repeat
+            );
+        }
         let _ = write!(md, "| language |");
         for mode in &report.modes {
             let _ = write!(md, " {} |", mode.name);
@@ -470,11 +625,17 @@ pub fn markdown(report: &Report) -> String {
         for lang in &report.languages {
             let _ = write!(md, "| {lang} |");
             for mode in &report.modes {
-                match find(task, lang, t, &mode.name) {
+                match report.summary(task, lang, t, &mode.name) {
                     Some(x) => {
+                        let range = match x.speedup_spread() {
+                            Some(spread) if s.repeat > 1 => {
+                                format!(", {:.2}–{:.2}", spread.min, spread.max)
+                            }
+                            _ => String::new(),
+                        };
                         let _ = write!(
                             md,
-                            " {:.1} ({:.2}×) |",
+                            " {:.1} ({:.2}×{range}) |",
                             x.decode_tokens_per_second, x.speedup
                         );
                     }
@@ -496,7 +657,7 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for lang in &report.languages {
             for mode in &report.modes {
-                let Some(x) = find(task, lang, t, &mode.name) else {
+                let Some(x) = report.summary(task, lang, t, &mode.name) else {
                     continue;
                 };
                 let opt = |v: Option<f64>, p: usize| v.map_or("–".into(), |v| format!("{v:.p$}"));
@@ -578,8 +739,15 @@ pub fn markdown(report: &Report) -> String {
     md
 }
 
-/// Draw the speedup charts (one per temperature) and the load chart.
+/// Draw [`charts`] of `report` into the PNG at `path`.
 pub fn chart(report: &Report, font: &Path, path: &Path) -> anyhow::Result<()> {
+    crate::chart::render_png(&charts(report), font, path)?;
+    Ok(())
+}
+
+/// The speedup charts, one per task and temperature in plan order, then the
+/// load chart if there were load runs.
+pub fn charts(report: &Report) -> Vec<BarChart> {
     let mut charts = Vec::new();
     for &(task, t) in &report.settings.plan {
         let series = report
@@ -590,15 +758,7 @@ pub fn chart(report: &Report, font: &Path, path: &Path) -> anyhow::Result<()> {
                 values: report
                     .languages
                     .iter()
-                    .map(|lang| {
-                        report
-                            .summaries
-                            .iter()
-                            .find(|x| {
-                                &x.language == lang && x.temperature == t && x.mode == mode.name
-                            })
-                            .map(|x| x.speedup)
-                    })
+                    .map(|lang| report.summary(task, lang, t, &mode.name).map(|x| x.speedup))
                     .collect(),
             })
             .collect();
@@ -649,8 +809,7 @@ pub fn chart(report: &Report, font: &Path, path: &Path) -> anyhow::Result<()> {
             reference_line: None,
         });
     }
-    crate::chart::render_png(&charts, font, path)?;
-    Ok(())
+    charts
 }
 
 /// The CPU's model name from `/proc/cpuinfo` (the architecture where it has none).
@@ -692,7 +851,157 @@ mod tests {
             },
             reference: "Hello".into(),
             chrf: 100.0,
+            repeat: 0,
         }
+    }
+
+    /// A quick report of `summaries`, without runs or load runs.
+    fn report_of(
+        modes: Vec<Mode>,
+        languages: Vec<String>,
+        plan: Vec<(Task, f32)>,
+        summaries: Vec<Summary>,
+    ) -> Report {
+        Report {
+            started: "now".into(),
+            duration_s: 1.0,
+            machine: Machine {
+                cpu: "cpu".into(),
+                cores: 2,
+                memory_gib: 24.0,
+                gpus: vec![],
+                kernel: "k".into(),
+                commit: "abc".into(),
+                llama_server: "v".into(),
+                specdec_kernels: vec!["specdec: CPU kernels libggml-cpu-zen4.so".into()],
+            },
+            settings: Settings {
+                quick: true,
+                per_language: 1,
+                max_tokens: 48,
+                plan,
+                fixed_lengths: vec![2],
+                draft_max: 4,
+                threads: 2,
+                gpu_layers: 0,
+                concurrency: vec![],
+                repeat: 1,
+            },
+            modes,
+            languages,
+            summaries,
+            load: vec![],
+            runs: vec![],
+        }
+    }
+
+    /// A summary whose speedup is `speedup`, the other figures arbitrary.
+    fn summary_with(
+        task: Task,
+        language: &str,
+        temperature: f32,
+        mode: &str,
+        speedup: f64,
+    ) -> Summary {
+        Summary {
+            task,
+            language: language.into(),
+            temperature,
+            mode: mode.into(),
+            requests: 1,
+            decode_tokens_per_second: 10.0 * speedup,
+            e2e_ms: 1000.0 / speedup,
+            ttft_ms: 100.0,
+            acceptance: None,
+            tau: None,
+            speedup,
+            e2e_speedup: speedup,
+            exact: None,
+            chrf: 50.0,
+            draft_length_share: vec![],
+            per_repeat: vec![],
+        }
+    }
+
+    #[test]
+    fn every_chart_bar_is_its_own_tasks_summary() {
+        let modes = modes(&[2], 4, false, false);
+        let languages: Vec<String> = vec!["de".into(), "ja".into()];
+        // Both tasks at both temperatures: every cell but the language, the
+        // mode or the task alike with some other.
+        let plan = vec![
+            (Task::Translate, 0.0),
+            (Task::Translate, 0.7),
+            (Task::Proofread, 0.0),
+            (Task::Proofread, 0.7),
+        ];
+        let mut summaries = Vec::new();
+        for &(task, t) in &plan {
+            for language in &languages {
+                for mode in &modes {
+                    // One cell unmeasured: its bar must be missing, not borrowed.
+                    if task == Task::Proofread && t == 0.7 && language == "ja" && mode.name == "k=2"
+                    {
+                        continue;
+                    }
+                    let distinct = 0.5 + summaries.len() as f64 / 64.0;
+                    summaries.push(summary_with(task, language, t, &mode.name, distinct));
+                }
+            }
+        }
+        let report = report_of(
+            modes.clone(),
+            languages.clone(),
+            plan.clone(),
+            summaries.clone(),
+        );
+        let charts = charts(&report);
+        assert_eq!(
+            charts.len(),
+            plan.len(),
+            "one chart per task and temperature, no load"
+        );
+        let mut bars = 0;
+        for (chart, &(task, t)) in charts.iter().zip(&plan) {
+            let heading = format!(
+                "{}: decode speed over specdec target-only, {} ",
+                task.name(),
+                temperature_label(t)
+            );
+            assert!(
+                chart.title.starts_with(&heading),
+                "{} for {heading}",
+                chart.title
+            );
+            assert_eq!(chart.categories, languages);
+            let names: Vec<&str> = chart.series.iter().map(|x| x.name.as_str()).collect();
+            let mode_names: Vec<&str> = modes.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(names, mode_names);
+            for series in &chart.series {
+                assert_eq!(series.values.len(), languages.len());
+                for (language, &value) in languages.iter().zip(&series.values) {
+                    let expected = summaries
+                        .iter()
+                        .find(|x| {
+                            x.task == task
+                                && x.temperature == t
+                                && &x.language == language
+                                && x.mode == series.name
+                        })
+                        .map(|x| x.speedup);
+                    assert_eq!(
+                        value,
+                        expected,
+                        "{} {} {language} {}",
+                        task.name(),
+                        temperature_label(t),
+                        series.name
+                    );
+                    bars += usize::from(value.is_some());
+                }
+            }
+        }
+        assert_eq!(bars, summaries.len(), "every summary drawn once");
     }
 
     #[test]
@@ -725,36 +1034,14 @@ mod tests {
         assert_eq!(c.best_fixed.0, "ngram k=4");
         assert!((c.adaptive_vs_best.unwrap() - 1.0 / 1.1).abs() < 1e-9);
         assert!(!c.pass, "adaptive is 9 % behind the best configuration");
-        let md = markdown(&Report {
-            started: "now".into(),
-            duration_s: 1.0,
-            machine: Machine {
-                cpu: "cpu".into(),
-                cores: 2,
-                memory_gib: 24.0,
-                gpus: vec![],
-                kernel: "k".into(),
-                commit: "abc".into(),
-                llama_server: "v".into(),
-                specdec_kernels: vec!["specdec: CPU kernels libggml-cpu-zen4.so".into()],
-            },
-            settings: Settings {
-                quick: true,
-                per_language: 1,
-                max_tokens: 48,
-                plan: vec![(Task::Translate, 0.0)],
-                fixed_lengths: vec![2],
-                draft_max: 4,
-                threads: 2,
-                gpu_layers: 0,
-                concurrency: vec![],
-            },
-            modes: modes.clone(),
-            languages: vec!["de".into()],
-            summaries: s.clone(),
-            load: vec![],
-            runs,
-        });
+        let mut report = report_of(
+            modes.clone(),
+            vec!["de".into()],
+            vec![(Task::Translate, 0.0)],
+            s.clone(),
+        );
+        report.runs = runs;
+        let md = markdown(&report);
         assert!(md.contains("| de | 10.0 (1.00×) | 5.0 (0.50×) |"), "{md}");
         assert!(md.contains("## translate: decode tokens/s"), "{md}");
         assert!(md.contains("**no**"));
@@ -762,6 +1049,97 @@ mod tests {
             md.contains("- specdec: CPU kernels libggml-cpu-zen4.so"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn spreads_of_odd_even_and_single_counts() {
+        let odd = Spread::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((odd.median, odd.min, odd.max), (2.0, 1.0, 3.0));
+        let even = Spread::of(&[4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!(
+            (even.median, even.min, even.max),
+            (2.5, 1.0, 4.0),
+            "the mean of the middle two"
+        );
+        let single = Spread::of(&[1.7]).unwrap();
+        assert_eq!((single.median, single.min, single.max), (1.7, 1.7, 1.7));
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[5.0, 1.0]), 3.0);
+    }
+
+    #[test]
+    fn repeats_give_medians_of_paired_ratios_and_their_range() {
+        let modes = modes(&[2], 4, false, false);
+        let repeated = |repeat, mode, text, e2e| Run {
+            repeat,
+            ..run("de", mode, text, 11, 100.0, e2e)
+        };
+        let runs = vec![
+            repeated(0, "target", "Hello", 1100.0),   // 10 tokens/s
+            repeated(0, "adaptive", "Hello", 600.0),  // 20 tokens/s: 2×
+            repeated(1, "target", "Hello", 2100.0),   // the machine slowed down: 5 tokens/s
+            repeated(1, "adaptive", "Hello", 2100.0), // 1×
+            repeated(2, "target", "Hello", 1100.0),
+            repeated(2, "adaptive", "Hullo", 900.0), // 12.5 tokens/s: 1.25×, not exact
+        ];
+        let s = summarize(&runs, &modes, &["de".into()], &[(Task::Translate, 0.0)]);
+        let get = |m: &str| s.iter().find(|x| x.mode == m).unwrap();
+        let adaptive = get("adaptive");
+        assert_eq!(adaptive.requests, 3);
+        assert_eq!(
+            adaptive
+                .per_repeat
+                .iter()
+                .map(|r| r.speedup)
+                .collect::<Vec<_>>(),
+            [2.0, 1.0, 1.25],
+            "each repetition against target-only in the same repetition"
+        );
+        assert_eq!(adaptive.speedup, 1.25, "the median, not the pooled 1.21");
+        assert_eq!(adaptive.decode_tokens_per_second, 12.5);
+        assert_eq!(adaptive.e2e_ms, 900.0);
+        assert_eq!(adaptive.exact, Some((2, 3)));
+        let spread = adaptive.speedup_spread().unwrap();
+        assert_eq!((spread.min, spread.max), (1.0, 2.0));
+        assert_eq!(get("target").decode_tokens_per_second, 10.0);
+        assert_eq!(get("target").speedup, 1.0);
+        let json = serde_json::to_value(adaptive).unwrap();
+        assert_eq!(json["per_repeat"][1]["decode_tokens_per_second"], 5.0);
+
+        let mut report = report_of(modes, vec!["de".into()], vec![(Task::Translate, 0.0)], s);
+        report.settings.repeat = 3;
+        let md = markdown(&report);
+        assert!(md.contains("every request sent 3 times"), "{md}");
+        assert!(md.contains("Medians of 3 repetitions"), "{md}");
+        assert!(
+            md.contains("| de | 10.0 (1.00×, 1.00–1.00) | – | – | 12.5 (1.25×, 1.00–2.00) |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn reports_from_before_repeats_still_read() {
+        let settings: Settings = serde_json::from_value(serde_json::json!({
+            "quick": true, "per_language": 1, "max_tokens": 40,
+            "plan": [["translate", 0.0]], "fixed_lengths": [2], "draft_max": 4,
+            "threads": 2, "gpu_layers": 0, "concurrency": []
+        }))
+        .unwrap();
+        assert_eq!(settings.repeat, 1);
+        let mut old =
+            serde_json::to_value(run("de", "target", "Hello", 11, 100.0, 1100.0)).unwrap();
+        old.as_object_mut().unwrap().remove("repeat");
+        assert_eq!(serde_json::from_value::<Run>(old).unwrap().repeat, 0);
+    }
+
+    #[test]
+    fn repeat_must_be_at_least_one() {
+        assert_eq!(parse_repeat("1"), Ok(1));
+        assert_eq!(parse_repeat("5"), Ok(5));
+        assert!(parse_repeat("0").unwrap_err().contains("at least 1"));
+        assert!(parse_repeat("-1").is_err());
+        assert!(parse_repeat("three").is_err());
     }
 
     #[test]

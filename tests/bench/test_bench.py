@@ -36,6 +36,8 @@ def test_every_mode_language_and_temperature_is_summarised(report):
     keys = {(s["task"], s["temperature"], s["language"], s["mode"]) for s in data["summaries"]}
     assert keys == {(task, t, l, m) for task, t in plan for l in ("de", "ja") for m in modes}
     assert len(data["runs"]) == len(plan) * 2 * len(modes)
+    assert data["settings"]["repeat"] == 1 and all(r["repeat"] == 0 for r in data["runs"])
+    assert all([r["repeat"] for r in s["per_repeat"]] == [0] for s in data["summaries"])
     for s in data["summaries"]:
         assert s["decode_tokens_per_second"] > 0 and s["e2e_ms"] > 0, s
 
