@@ -27,6 +27,14 @@ pub const BANDIT_TOKENS_PER_SECOND: &str = "bandit_tokens_per_second";
 pub const LABEL_DRAFTER: &str = "drafter";
 /// Label naming the request's language.
 pub const LABEL_LANGUAGE: &str = "language";
+/// Label naming how a request samples: [`SAMPLING_GREEDY`] or
+/// [`SAMPLING_SAMPLED`] (adaptive drafting learns each apart: a drafter's
+/// acceptance differs between them).
+pub const LABEL_SAMPLING: &str = "sampling";
+/// [`LABEL_SAMPLING`] of greedy requests (temperature 0).
+pub const SAMPLING_GREEDY: &str = "greedy";
+/// [`LABEL_SAMPLING`] of sampled requests.
+pub const SAMPLING_SAMPLED: &str = "sampled";
 /// Label naming a draft length.
 pub const LABEL_LENGTH: &str = "length";
 /// Label naming the draft position.

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{chat, engine, greedy, model, model_drafter, run, target_config};
+use specdec_backend::config::TargetConfig;
 use specdec_backend::engine::{Engine, EngineConfig, EngineError, FinishReason, Prompt};
 use specdec_backend::models;
 
@@ -208,4 +209,101 @@ fn drafters_sharing_a_file_share_the_model() {
         assert_eq!(c.drafter.as_deref(), Some(name));
         assert_eq!(c.token_ids, plain.token_ids);
     }
+}
+
+/// Requests whose callers went away while they waited for a slot leave the
+/// engine's queue at its next step, not when a slot frees.
+#[test]
+fn cancelled_waiting_requests_leave_the_queue_at_once() {
+    use specdec_backend::engine::GenerationEvent;
+    use std::time::{Duration, Instant};
+
+    let mut target = target_config(4096);
+    target.model = model(models::SMALL_OTHER_VOCAB_FILE);
+    let mut config = EngineConfig::new(target);
+    config.slots = 1;
+    let engine = Engine::start(config).unwrap();
+    let counting: String = (1..=20).map(|i| format!("{i}, ")).collect();
+    let mut busy = engine.submit(greedy(Prompt::Text(counting.clone()), 3000, None, 0));
+    let busy_finished = |busy: &mut tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>| {
+        let mut finished = false;
+        while let Ok(event) = busy.try_recv() {
+            finished |= matches!(
+                event,
+                GenerationEvent::Finished { .. } | GenerationEvent::Failed(_)
+            );
+        }
+        finished
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let cancelled: Vec<_> = (0..5)
+        .map(|_| engine.submit(greedy(Prompt::Text(counting.clone()), 8, None, 0)))
+        .collect();
+    let live = engine.submit(greedy(Prompt::Text(counting.clone()), 8, None, 0));
+    wait_for("six waiting requests", &|| engine.waiting() == 6);
+    drop(cancelled);
+    wait_for("the cancelled requests to leave", &|| engine.waiting() == 1);
+    assert!(
+        !busy_finished(&mut busy),
+        "the queue emptied while the slot was still busy"
+    );
+    drop(busy);
+    let mut live = live;
+    let mut finished = false;
+    while let Some(event) = live.blocking_recv() {
+        if let GenerationEvent::Finished { reason, .. } = event {
+            assert_eq!(reason, FinishReason::Length);
+            finished = true;
+        }
+    }
+    assert!(finished, "the live request is served");
+}
+
+/// A recurrent model keeps rejected drafts in its state (it cannot drop
+/// positions from its end), so it is refused as the target of speculation
+/// and as a drafter, with the reason; without drafters it decodes plainly.
+#[test]
+fn recurrent_models_are_refused_for_speculation() {
+    let small = model(models::SMALL_OTHER_VOCAB_FILE);
+    let mamba = TempFile::with(b"");
+    common::gguf::write_tiny_mamba(&small, 49152, &mamba.0).unwrap();
+
+    let mut target = target_config(512);
+    target.model = mamba.0.clone();
+    let mut config = EngineConfig::new(target.clone());
+    config.drafters = vec![common::ngram_drafter("ngram")];
+    let err = Engine::start(config).err().unwrap();
+    assert!(
+        matches!(&err, EngineError::CannotRollBack { role, .. } if role.contains("target")),
+        "{err}"
+    );
+
+    let mut config = EngineConfig::new(TargetConfig {
+        model: small.clone(),
+        ..target_config(512)
+    });
+    let mut drafter = model_drafter("mamba", models::SMALL_OTHER_VOCAB_FILE);
+    drafter.model = Some(mamba.0.clone());
+    config.drafters = vec![drafter];
+    let err = Engine::start(config).err().unwrap();
+    assert!(
+        matches!(&err, EngineError::CannotRollBack { role, .. } if role.contains("`mamba`")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("recurrent"), "{err}");
+
+    let plain = Engine::start(EngineConfig::new(target)).unwrap();
+    let out = plain
+        .generate_blocking(greedy(Prompt::Text("Hello".into()), 4, None, 0))
+        .unwrap();
+    assert!(
+        !out.token_ids.is_empty() && out.token_ids.len() <= 4,
+        "{out:?}"
+    );
 }

@@ -43,7 +43,8 @@ def test_adaptive_output_equals_plain_and_usage_matches_metrics(client, server):
         assert after[length] - before[length] == rounds, (length, by_length)
     # The chosen length is exported for the drafter and language.
     chosen = [v for (name, labels), v in parse_metrics(server.metrics()).items()
-              if name == "specdec_draft_length" and dict(labels) == {"drafter": "qwen-euro", "language": "de"}]
+              if name == "specdec_draft_length"
+              and dict(labels) == {"drafter": "qwen-euro", "language": "de", "sampling": "greedy"}]
     assert len(chosen) == 1 and 0 <= chosen[0] <= 4
 
 

@@ -27,6 +27,16 @@ pub enum EngineError {
         /// The first rule it breaks.
         reason: String,
     },
+    /// A model whose state cannot be rolled back to a position (recurrent or
+    /// hybrid: the state is not a cache of positions) was configured for
+    /// speculation, which drops rejected drafts by truncating that state.
+    #[error("{model} is a recurrent or hybrid model: it cannot drop rejected drafts from its state, so it cannot take part in speculative decoding ({role})")]
+    CannotRollBack {
+        /// Which model.
+        model: String,
+        /// What it was configured as.
+        role: String,
+    },
     /// llama.cpp could not create an inference context.
     #[error("cannot create a llama.cpp context for {model}: {reason}")]
     Context {

@@ -4,14 +4,19 @@
 //! a dedicated thread ([`worker`]); callers hold a cheap [`Engine`] handle and
 //! talk to it through channels, from async code or blocking code alike.
 
+mod calibrate;
 pub mod error;
 pub mod exactness;
+mod load;
 mod pass;
+mod prepare;
 pub mod request;
+mod round;
 pub mod runtime;
 pub mod vocab;
 mod worker;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -127,6 +132,8 @@ pub struct AdaptiveReport {
     pub drafter: String,
     /// The language (ISO 639-1, `und` when unknown).
     pub language: String,
+    /// Whether this is the state of greedy requests (else of sampled ones).
+    pub greedy: bool,
     /// Who drafted in the latest round.
     pub proposer: crate::speculative::adaptive::Proposer,
     /// Draft length chosen for the latest round (0: plain decoding).
@@ -164,10 +171,48 @@ pub struct BanditReport {
 /// the last handle is dropped and the requests in flight are done.
 #[derive(Clone)]
 pub struct Engine {
-    commands: mpsc::UnboundedSender<worker::Command>,
+    submissions: mpsc::UnboundedSender<prepare::Submission>,
     info: Arc<EngineInfo>,
     adaptive: Arc<Mutex<worker::AdaptiveReports>>,
     bandits: Arc<Mutex<worker::BanditReports>>,
+    waiting: Arc<AtomicUsize>,
+    failure: Failure,
+}
+
+/// Why the engine thread stopped serving, once it has (a panic).
+#[derive(Clone, Default)]
+pub struct Failure(Arc<Mutex<Option<String>>>);
+
+impl Failure {
+    /// The reason, if the engine has failed.
+    pub fn reason(&self) -> Option<String> {
+        // A poisoned lock means a panic while recording one: failed all the same.
+        match self.0.lock() {
+            Ok(reason) => reason.clone(),
+            Err(_) => Some("the engine thread panicked".into()),
+        }
+    }
+
+    fn record(&self, reason: String) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.get_or_insert(reason);
+        }
+    }
+}
+
+/// Run `body` (an engine thread's whole life), recording a panic in
+/// `failure` instead of letting it end the thread unnoticed: every request
+/// would then fail while the process looked healthy.
+fn supervise(failure: &Failure, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        tracing::error!(%message, "the engine thread panicked; the engine is down");
+        failure.record(format!("the engine thread panicked: {message}"));
+    }
 }
 
 impl Engine {
@@ -176,24 +221,65 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (submissions, submissions_rx) = mpsc::unbounded_channel();
         let adaptive = Arc::new(Mutex::new(worker::AdaptiveReports::new()));
         let bandits = Arc::new(Mutex::new(worker::BanditReports::new()));
+        let waiting = Arc::new(AtomicUsize::new(0));
         let reports = Arc::clone(&adaptive);
         let bandit_reports = Arc::clone(&bandits);
+        let waiting_gauge = Arc::clone(&waiting);
+        let failure = Failure::default();
+        let recorded = failure.clone();
         std::thread::Builder::new()
             .name("specdec-engine".into())
-            .spawn(move || worker::run(config, ready_tx, commands_rx, reports, bandit_reports))
+            .spawn(move || {
+                supervise(&recorded, || {
+                    worker::run(
+                        config,
+                        ready_tx,
+                        commands_rx,
+                        reports,
+                        bandit_reports,
+                        waiting_gauge,
+                    )
+                })
+            })
             .map_err(|e| EngineError::Context {
                 model: "the engine thread".into(),
                 reason: e.to_string(),
             })?;
-        let info = ready_rx.recv().map_err(|_| EngineError::ShutDown)??;
+        let (info, preparer) = ready_rx.recv().map_err(|_| {
+            failure
+                .reason()
+                .map_or(EngineError::ShutDown, EngineError::Runtime)
+        })??;
+        let recorded = failure.clone();
+        std::thread::Builder::new()
+            .name("specdec-prepare".into())
+            .spawn(move || supervise(&recorded, || preparer.serve(submissions_rx, commands)))
+            .map_err(|e| EngineError::Context {
+                model: "the request preparation thread".into(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
-            commands,
+            submissions,
             info: Arc::new(info),
             adaptive,
             bandits,
+            waiting,
+            failure,
         })
+    }
+
+    /// Requests prepared and waiting for a slot (requests whose caller went
+    /// away are dropped from the queue every engine step).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Why the engine can no longer serve (its thread panicked), if so.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.reason()
     }
 
     /// What the bandits know of every language's candidate drafters seen
@@ -222,7 +308,10 @@ impl Engine {
     /// the receiver cancels the generation and frees its slot.
     pub fn submit(&self, request: GenerationRequest) -> mpsc::UnboundedReceiver<GenerationEvent> {
         let (events, rx) = mpsc::unbounded_channel();
-        if let Err(rejected) = self.commands.send(worker::Command { request, events }) {
+        if let Err(rejected) = self
+            .submissions
+            .send(prepare::Submission { request, events })
+        {
             let _ = rejected
                 .0
                 .events
@@ -285,5 +374,26 @@ impl Collector {
             GenerationEvent::Failed(e) => return Some(Err(e)),
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_on_the_engine_thread_is_recorded_with_its_message() {
+        let failure = Failure::default();
+        let recorded = failure.clone();
+        std::thread::spawn(move || supervise(&recorded, || panic!("index out of range")))
+            .join()
+            .expect("supervise catches the panic");
+        assert_eq!(
+            failure.reason().as_deref(),
+            Some("the engine thread panicked: index out of range")
+        );
+        let healthy = Failure::default();
+        supervise(&healthy, || {});
+        assert_eq!(healthy.reason(), None);
     }
 }

@@ -103,11 +103,17 @@ pub(super) fn decode(
         .map_err(|e| EngineError::Decode(e.to_string()))
 }
 
-/// Drop every cached position from `from` on.
+/// Drop every cached position from `from` on. llama.cpp refuses a partial
+/// removal where the state is not a cache of positions (recurrent models):
+/// that is an error, never a silent keep of rejected tokens.
 pub(super) fn truncate_kv(ctx: &mut LlamaContext, from: usize) -> Result<(), EngineError> {
-    ctx.clear_kv_cache_seq(Some(0), Some(from as u32), None)
-        .map(|_| ())
-        .map_err(|e| EngineError::Decode(format!("KV cache rollback: {e}")))
+    match ctx.clear_kv_cache_seq(Some(0), Some(from as u32), None) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(EngineError::Decode(format!(
+            "llama.cpp refused to roll the model's state back to position {from}"
+        ))),
+        Err(e) => Err(EngineError::Decode(format!("KV cache rollback: {e}"))),
+    }
 }
 
 /// Evaluate `tokens` in prompt-sized chunks, logits for the last token only.

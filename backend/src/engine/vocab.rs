@@ -63,6 +63,14 @@ impl VocabInfo {
     }
 }
 
+/// A drafter's logits restricted to the target's vocabulary: a drafter may
+/// have up to [`MAX_VOCAB_SIZE_DIFFERENCE`] more tokens (padding, extra
+/// control tokens), which the target could never evaluate, so they are never
+/// drafted.
+pub fn within_target_vocab(logits: &[f32], target_vocab: usize) -> &[f32] {
+    &logits[..target_vocab.min(logits.len())]
+}
+
 /// Why a drafter's vocabulary cannot serve a target; `Ok` when it can.
 pub fn check_compatible(target: &VocabInfo, drafter: &VocabInfo) -> Result<(), String> {
     if target.vocab_type != drafter.vocab_type {
@@ -107,6 +115,25 @@ pub fn check_compatible(target: &VocabInfo, drafter: &VocabInfo) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_larger_drafter_vocabulary_is_never_drafted_beyond_the_target() {
+        use crate::speculative::sampling::{self, SamplingParams};
+        // The drafter's favourite token lies in its extra 128 ids.
+        let mut logits = vec![0.0f32; 1000 + MAX_VOCAB_SIZE_DIFFERENCE];
+        logits[1000 + 5] = 9.0;
+        logits[7] = 3.0;
+        let cut = within_target_vocab(&logits, 1000);
+        assert_eq!(sampling::argmax(cut), 7);
+        let params = SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        };
+        let q = sampling::distribution(cut, &params);
+        assert!(q.entries().iter().all(|&(t, _)| t < 1000));
+        // A smaller drafter vocabulary is left whole.
+        assert_eq!(within_target_vocab(&logits[..900], 1000).len(), 900);
+    }
 
     fn vocab(n: usize) -> VocabInfo {
         VocabInfo {

@@ -12,8 +12,9 @@ use prometheus::{
 use crate::engine::{AdaptiveReport, BanditReport, DrafterStats, EngineInfo, GenerationStats};
 use crate::metric_names::{
     BANDIT_CHOICE_SHARE, BANDIT_TOKENS_PER_SECOND, LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH,
-    LABEL_POSITION, NAMESPACE, SPEC_DECODE_NUM_ACCEPTED_TOKENS,
-    SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS, SPEC_DECODE_NUM_DRAFTS, SPEC_DECODE_NUM_DRAFT_TOKENS,
+    LABEL_POSITION, LABEL_SAMPLING, NAMESPACE, SAMPLING_GREEDY, SAMPLING_SAMPLED,
+    SPEC_DECODE_NUM_ACCEPTED_TOKENS, SPEC_DECODE_NUM_ACCEPTED_TOKENS_PER_POS,
+    SPEC_DECODE_NUM_DRAFTS, SPEC_DECODE_NUM_DRAFT_TOKENS,
 };
 
 /// Label value for requests decoded without a drafter.
@@ -161,6 +162,7 @@ impl Metrics {
                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0,
             ],
         );
+        let adaptive_spec = [LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_SAMPLING];
         let draft_length = register(
             &registry,
             IntGaugeVec::new(
@@ -169,7 +171,7 @@ impl Metrics {
                     "Draft length adaptive drafting chose for the latest round (0: plain decoding).",
                 )
                 .namespace(NAMESPACE),
-                &spec,
+                &adaptive_spec,
             )
             .expect("metric definitions are valid"),
         );
@@ -181,7 +183,7 @@ impl Metrics {
                     "Expected tokens per second of adaptive drafting's choice over plain decoding.",
                 )
                 .namespace(NAMESPACE),
-                &spec,
+                &adaptive_spec,
             )
             .expect("metric definitions are valid"),
         );
@@ -276,7 +278,12 @@ impl Metrics {
     /// Record the engine's latest adaptive decisions.
     pub fn observe_adaptive(&self, reports: &[AdaptiveReport]) {
         for r in reports {
-            let labels = [r.drafter.as_str(), r.language.as_str()];
+            let sampling = if r.greedy {
+                SAMPLING_GREEDY
+            } else {
+                SAMPLING_SAMPLED
+            };
+            let labels = [r.drafter.as_str(), r.language.as_str(), sampling];
             self.draft_length
                 .with_label_values(&labels)
                 .set(r.draft_length as i64);

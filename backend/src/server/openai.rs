@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::config::DraftParams;
 use crate::engine::{ChatMessage, FinishReason, GenerationStats, Prompt};
 use crate::speculative::sampling::SamplingParams;
+use crate::speculative::text::MAX_STOP_BYTES;
 
 use super::error::ApiError;
 
@@ -276,8 +277,10 @@ pub fn validate(
             ))
         }
     };
+    // Without a seed, each request draws its own: a fixed default would give
+    // every unseeded request at the same temperature the same "random" answer.
     let seed = match common.seed {
-        None => 0,
+        None => rand::random::<u64>(),
         Some(s) => s as u64,
     };
     let stop = match common.stop {
@@ -291,6 +294,15 @@ pub fn validate(
             ))
         }
     };
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(invalid_param(
+            "stop",
+            format!(
+                "stop strings must be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                long.len()
+            ),
+        ));
+    }
     let speculative = common.speculative.unwrap_or_default();
     if let Some(max) = speculative.max {
         if max > DraftParams::MAX_DRAFT {
@@ -575,6 +587,16 @@ mod tests {
     }
 
     #[test]
+    fn requests_without_a_seed_draw_their_own() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"Hallo"}]}"#;
+        let seeds: std::collections::BTreeSet<u64> =
+            (0..8).map(|_| chat(body).unwrap().sampling.seed).collect();
+        assert_eq!(seeds.len(), 8, "{seeds:?}");
+        let seeded = r#"{"model":"m","seed":7,"messages":[{"role":"user","content":"Hallo"}]}"#;
+        assert_eq!(chat(seeded).unwrap().sampling.seed, 7);
+    }
+
+    #[test]
     fn extensions_and_text_parts_are_read() {
         let r = chat(
             r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
@@ -591,7 +613,14 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases = [
+        let long = "x".repeat(MAX_STOP_BYTES + 1);
+        let too_long_stop = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"stop":"{long}"}}"#
+        );
+        let too_long_stop_in_a_list = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"stop":["a","{long}"]}}"#
+        );
+        let cases: [(&str, &str); 8] = [
             (r#"{"model":"m","messages":[],"max_tokens":0}"#, "messages"),
             (
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
@@ -613,6 +642,8 @@ mod tests {
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_p":0}"#,
                 "top_p",
             ),
+            (&too_long_stop, "stop"),
+            (&too_long_stop_in_a_list, "stop"),
         ];
         for (body, param) in cases {
             match chat(body) {
@@ -622,6 +653,15 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_stop_string_of_the_largest_size_is_accepted() {
+        let longest = "x".repeat(MAX_STOP_BYTES);
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"stop":["{longest}"]}}"#
+        );
+        assert_eq!(chat(&body).unwrap().stop, vec![longest]);
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub fn routes(
     };
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
+        .and(with_service.clone())
+        .map(|service: Arc<Service>| match service.liveness() {
+            Ok(()) => warp::reply::with_status("ok", StatusCode::OK).into_response(),
+            Err(e) => error::reply(&e),
+        });
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_service.clone())

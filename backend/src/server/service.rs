@@ -35,6 +35,11 @@ pub trait Backend: Send + Sync + 'static {
     fn bandit_reports(&self) -> Vec<BanditReport> {
         Vec::new()
     }
+
+    /// Why the backend can no longer serve any request, if it cannot.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Backend for Engine {
@@ -48,6 +53,10 @@ impl Backend for Engine {
 
     fn bandit_reports(&self) -> Vec<BanditReport> {
         Engine::bandit_reports(self)
+    }
+
+    fn failure(&self) -> Option<String> {
+        Engine::failure(self)
     }
 }
 
@@ -128,11 +137,22 @@ impl Service {
 
     /// `Ok` when requests can be served, else why not.
     pub fn readiness(&self) -> Result<&Arc<dyn Backend>, ApiError> {
+        self.liveness()?;
         match self.backend.get() {
             Some(b) if !self.shutting_down.load(Ordering::SeqCst) => Ok(b),
             _ => Err(ApiError::NotReady(
                 self.not_ready.lock().map(|r| r.clone()).unwrap_or_default(),
             )),
+        }
+    }
+
+    /// `Ok` unless the backend has failed for good (its engine thread
+    /// panicked): only a restart of the process helps then. Loading and
+    /// shutting down are alive.
+    pub fn liveness(&self) -> Result<(), ApiError> {
+        match self.backend.get().and_then(|b| b.failure()) {
+            Some(reason) => Err(ApiError::NotReady(reason)),
+            None => Ok(()),
         }
     }
 
@@ -398,6 +418,50 @@ mod tests {
             }
             mpsc::unbounded_channel().1
         }
+    }
+
+    /// A backend whose engine has died.
+    struct Crashed;
+
+    impl Backend for Crashed {
+        fn submit(&self, _: GenerationRequest) -> UnboundedReceiver<GenerationEvent> {
+            mpsc::unbounded_channel().1
+        }
+
+        fn failure(&self) -> Option<String> {
+            Some("the engine thread panicked: boom".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_engine_fails_readiness_and_liveness() {
+        let registry = RegistryConfig::from_yaml(REGISTRY).unwrap();
+        let config = ServiceConfig {
+            model_name: "m".into(),
+            slots: 1,
+            max_waiting: 4,
+            request_timeout: Duration::from_secs(60),
+        };
+        let service = Arc::new(Service::new(config, &registry));
+        let routes = crate::server::routes::routes(Arc::clone(&service));
+        let status = |path: &'static str| {
+            let routes = routes.clone();
+            async move {
+                warp::test::request()
+                    .path(path)
+                    .reply(&routes)
+                    .await
+                    .status()
+            }
+        };
+        // Loading: alive, not ready.
+        assert_eq!(status("/healthz").await, 200);
+        assert_eq!(status("/readyz").await, 503);
+        service.set_ready(Arc::new(Crashed));
+        assert_eq!(status("/healthz").await, 503);
+        assert_eq!(status("/readyz").await, 503);
+        let body = warp::test::request().path("/readyz").reply(&routes).await;
+        assert!(String::from_utf8_lossy(body.body()).contains("panicked: boom"));
     }
 
     const REGISTRY: &str = r#"

@@ -47,6 +47,9 @@ const PRIOR_FIRST: f64 = 0.8;
 /// First and longest probe intervals, in plain rounds.
 const PROBE_FIRST: u32 = 8;
 const PROBE_LONGEST: u32 = 1024;
+/// First probe interval of a drafter that could not pay even at perfect
+/// acceptance as the costs stand; it doubles with every such probe.
+const HOPELESS_PROBE_FIRST: u32 = 64;
 
 /// Time of target passes and draft steps, relative to a one-token pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +60,8 @@ pub struct CostModel {
     relative: Vec<f64>,
     /// One draft step in units of a one-token target pass.
     draft_step: f64,
+    /// Measurements the draft step rests on (start-up's counts as one).
+    draft_samples: u32,
 }
 
 impl CostModel {
@@ -83,6 +88,7 @@ impl CostModel {
             unit_ms,
             relative,
             draft_step: (draft_step_ms / unit_ms).max(0.0),
+            draft_samples: 1,
         };
         model.keep_monotone();
         Some(model)
@@ -155,7 +161,13 @@ impl CostModel {
         if steps == 0 || !ms.is_finite() || ms < 0.0 {
             return;
         }
-        self.draft_step = smooth(self.draft_step, ms / steps as f64 / self.unit_ms);
+        // The mean of the first measurements, then exponential smoothing:
+        // start-up's single measurement (the first drafts of a drafter
+        // judged hopeless are rare probes) is not trusted over later ones.
+        self.draft_samples = self.draft_samples.saturating_add(1);
+        let weight = (1.0 / f64::from(self.draft_samples)).max(1.0 - COST_SMOOTHING);
+        let observed = ms / steps as f64 / self.unit_ms;
+        self.draft_step += weight * (observed - self.draft_step);
     }
 
     /// Expected tokens and milliseconds of a round drafting `k` tokens with
@@ -253,6 +265,18 @@ impl AcceptanceModel {
                 self.accepted[i] += 1.0;
             }
         }
+    }
+
+    /// Expected number of the first `len` drafted tokens accepted:
+    /// `P_1 + … + P_len`, with `P_i` the probability that the first `i` all are.
+    pub fn expected_accepted(&self, len: usize) -> f64 {
+        self.conditional(len)
+            .iter()
+            .scan(1.0, |survive, a| {
+                *survive *= a;
+                Some(*survive)
+            })
+            .sum()
     }
 
     /// Conditional acceptance of positions 0..len. A position seldom seen
@@ -375,6 +399,10 @@ pub struct AdaptiveState {
     probe_interval: u32,
     /// Whether the round in flight is a probe.
     probing: bool,
+    /// Plain rounds before the next probe of a drafter judged unable to pay.
+    hopeless_interval: u32,
+    /// Whether the probe in flight is of such a drafter.
+    probing_hopeless: bool,
     /// The last decision.
     last: Option<Decision>,
 }
@@ -422,7 +450,9 @@ impl AdaptiveState {
             tokens_per_second: plain,
             plain_tokens_per_second: plain,
         };
-        let mut probe: Option<(Proposer, usize, f64)> = None;
+        // The drafter model's probe: its best length and rate, and whether
+        // even perfect acceptance would beat plain decoding.
+        let mut probe: Option<(usize, f64, bool)> = None;
         for &(proposer, max, step_ms) in &candidates {
             let acceptance = match proposer {
                 Proposer::Lookup => lookup.conditional(max),
@@ -446,31 +476,43 @@ impl AdaptiveState {
                     plain_tokens_per_second: plain,
                 };
             }
-            // Worth probing only if perfect acceptance would beat plain decoding.
-            let perfect = vec![1.0; max];
-            let could_pay = best_speculative(
-                cost,
-                &perfect,
-                (options.min, max),
-                options.chunk,
-                step_ms,
-                options.sample_ms,
-            )
-            .is_some_and(|(_, best)| best > plain * (1.0 + 1e-9));
-            if could_pay && probe.is_none_or(|(_, _, b)| r > b) {
-                probe = Some((proposer, k, r));
+            // Prompt lookup is judged per request, from a fresh estimate:
+            // only the drafter model, learned across requests, is probed.
+            if proposer == Proposer::Model {
+                let perfect = vec![1.0; max];
+                let could_pay = best_speculative(
+                    cost,
+                    &perfect,
+                    (options.min, max),
+                    options.chunk,
+                    step_ms,
+                    options.sample_ms,
+                )
+                .is_some_and(|(_, best)| best > plain * (1.0 + 1e-9));
+                probe = Some((k, r, could_pay));
             }
         }
         self.probing = false;
+        self.probing_hopeless = false;
         if decision.proposer == Proposer::None {
-            if let Some((proposer, k, r)) = probe {
+            if let Some((k, r, could_pay)) = probe {
                 if self.probe_interval == 0 {
                     self.probe_interval = PROBE_FIRST;
                 }
-                if self.plain_rounds >= self.probe_interval {
+                // A drafter that cannot pay even at perfect acceptance, as the
+                // costs stand, is still probed, ever more rarely: the costs
+                // it was judged by may have been measured under a passing
+                // load, and only a draft re-measures its step.
+                let interval = if could_pay {
+                    self.probe_interval
+                } else {
+                    self.hopeless_interval.max(HOPELESS_PROBE_FIRST)
+                };
+                if self.plain_rounds >= interval {
                     self.probing = true;
+                    self.probing_hopeless = !could_pay;
                     decision = Decision {
-                        proposer,
+                        proposer: Proposer::Model,
                         draft_length: k,
                         tokens_per_second: r,
                         plain_tokens_per_second: plain,
@@ -484,35 +526,59 @@ impl AdaptiveState {
 
     /// Record the round that followed `decide`: `proposer` drafted `drafted`
     /// tokens (fewer than decided when it stopped early) and the target
-    /// accepted the first `accepted`.
+    /// accepted the first `accepted`. A drafter model that `stopped_early`
+    /// (unsure of its next token, `p_min`) gave up a position it was asked
+    /// for, which costs the round as a refusal there would: it is counted
+    /// as one, so a drafter that keeps stopping at once is judged by it
+    /// instead of each such round teaching nothing while costing a step.
     pub fn observe(
         &mut self,
         proposer: Proposer,
         drafted: usize,
         accepted: usize,
+        stopped_early: bool,
         lookup: &mut AcceptanceModel,
     ) {
-        let model = match proposer {
-            Proposer::None => None,
-            Proposer::Model => Some(&mut self.model),
-            Proposer::Lookup => Some(lookup),
-        };
-        let Some(model) = model.filter(|_| drafted > 0) else {
-            self.plain_rounds = self.plain_rounds.saturating_add(1);
-            return;
-        };
-        let expected_first = model.conditional(1)[0];
-        model.observe(drafted, accepted);
-        // After a probe, look again soon if it did better than expected,
-        // else wait twice as long.
-        self.probe_interval =
-            if self.probing && (accepted == 0 || (accepted as f64) < expected_first) {
-                (self.probe_interval.max(PROBE_FIRST / 2) * 2).min(PROBE_LONGEST)
-            } else {
-                PROBE_FIRST
-            };
-        self.probing = false;
-        self.plain_rounds = 0;
+        match proposer {
+            Proposer::None => self.plain_rounds = self.plain_rounds.saturating_add(1),
+            // Lookup's estimate is the request's; the model's probe state is
+            // untouched, and for the model this round was not its own.
+            Proposer::Lookup => {
+                if drafted > 0 {
+                    lookup.observe(drafted, accepted);
+                }
+                self.plain_rounds = self.plain_rounds.saturating_add(1);
+            }
+            Proposer::Model => {
+                let accepted = accepted.min(drafted);
+                let offered = if stopped_early && accepted == drafted {
+                    drafted + 1
+                } else {
+                    drafted
+                };
+                if offered == 0 {
+                    self.plain_rounds = self.plain_rounds.saturating_add(1);
+                    return;
+                }
+                let expected = self.model.expected_accepted(offered);
+                self.model.observe(offered, accepted);
+                // After a probe, look again soon if it did at least as well
+                // as expected, else wait twice as long.
+                self.probe_interval = if self.probing && (accepted as f64) < expected {
+                    (self.probe_interval.max(PROBE_FIRST / 2) * 2).min(PROBE_LONGEST)
+                } else {
+                    PROBE_FIRST
+                };
+                if self.probing_hopeless {
+                    self.hopeless_interval = (self.hopeless_interval.max(HOPELESS_PROBE_FIRST / 2)
+                        * 2)
+                    .min(PROBE_LONGEST);
+                }
+                self.probing = false;
+                self.probing_hopeless = false;
+                self.plain_rounds = 0;
+            }
+        }
     }
 
     /// The last decision, if any.
@@ -683,15 +749,90 @@ mod tests {
     }
 
     #[test]
-    fn never_probes_when_speculation_cannot_pay() {
+    fn a_drafter_that_cannot_pay_is_probed_ever_more_rarely() {
         let c = linear_cpu();
         let mut state = AdaptiveState::default();
-        for _ in 0..5000 {
+        let mut probes = Vec::new();
+        for round in 0..5000 {
             let mut lookup = AcceptanceModel::default();
             let d = state.decide(&c, &model_only(7, 7), &lookup);
-            assert_eq!((d.proposer, d.draft_length), (Proposer::None, 0));
-            state.observe(d.proposer, 0, 0, &mut lookup);
+            if d.draft_length > 0 {
+                assert_eq!(d.proposer, Proposer::Model);
+                probes.push(round);
+            }
+            // Even perfect acceptance leaves it hopeless on these costs.
+            state.observe(
+                d.proposer,
+                d.draft_length,
+                d.draft_length,
+                false,
+                &mut lookup,
+            );
         }
+        assert!(probes.first().is_some_and(|&r| r >= 64), "{probes:?}");
+        let gaps: Vec<_> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        assert!(probes.len() <= 10, "{probes:?}");
+    }
+
+    #[test]
+    fn a_drafter_misjudged_at_start_up_is_found_out_by_probes() {
+        // Start-up timed the draft step at three times its cost: hopeless.
+        let mut c = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 15.0, 8).unwrap();
+        let mut state = AdaptiveState::default();
+        let mut lookup = AcceptanceModel::default();
+        let mut drafted = Vec::new();
+        for round in 0..3000 {
+            let d = state.decide(&c, &model_only(2, 3), &lookup);
+            if d.proposer == Proposer::Model {
+                drafted.push(round);
+                c.observe_draft(d.draft_length, 5.0 * d.draft_length as f64);
+            }
+            // The drafter is right nine times in ten.
+            let accepted = (0..d.draft_length)
+                .take_while(|i| (round + i) % 10 != 0)
+                .count();
+            state.observe(d.proposer, d.draft_length, accepted, false, &mut lookup);
+        }
+        assert!(drafted.first().is_some_and(|&r| r >= 64), "{drafted:?}");
+        let late = drafted.iter().filter(|&&r| r >= 2000).count();
+        assert!(late > 900, "drafting every round by the end: {late}");
+    }
+
+    #[test]
+    fn early_stops_count_as_refusals_and_lookup_leaves_the_model_alone() {
+        let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
+        let mut state = AdaptiveState::default();
+        let mut lookup = AcceptanceModel::default();
+        // The model stops at once, unsure, every round: it is given up.
+        let mut model_rounds = 0;
+        for _ in 0..200 {
+            let d = state.decide(&free, &model_only(4, 4), &lookup);
+            if d.proposer == Proposer::Model {
+                model_rounds += 1;
+            }
+            state.observe(d.proposer, 0, 0, d.proposer == Proposer::Model, &mut lookup);
+        }
+        assert!(model_rounds < 30, "{model_rounds}");
+        assert!(state.acceptance(1)[0] < 0.3, "{:?}", state.acceptance(1));
+        // Lookup rounds teach lookup's estimate, not the model's, and do not
+        // reset the model's probe schedule.
+        let before = state.clone();
+        state.observe(Proposer::Lookup, 3, 3, false, &mut lookup);
+        assert_eq!(state.model, before.model);
+        assert_eq!(state.probe_interval, before.probe_interval);
+        assert_eq!(state.plain_rounds, before.plain_rounds + 1);
+        assert!(lookup.conditional(1)[0] > PRIOR_FIRST);
+    }
+
+    #[test]
+    fn expected_accepted_sums_survival() {
+        let mut m = AcceptanceModel::default();
+        let p = PRIOR_FIRST;
+        assert!((m.expected_accepted(2) - (p + p * p)).abs() < 1e-12);
+        m.observe(1, 0);
+        assert!(m.expected_accepted(1) < p);
+        assert_eq!(m.expected_accepted(0), 0.0);
     }
 
     #[test]
@@ -717,7 +858,13 @@ mod tests {
                 assert!(d.draft_length <= 4);
                 assert!(d.tokens_per_second > d.plain_tokens_per_second);
             }
-            state.observe(d.proposer, d.draft_length, d.draft_length, &mut lookup);
+            state.observe(
+                d.proposer,
+                d.draft_length,
+                d.draft_length,
+                false,
+                &mut lookup,
+            );
         }
         assert!(lookup_rounds > 190, "{lookup_rounds}");
         // No match this round: plain decoding.
@@ -725,7 +872,8 @@ mod tests {
             lookup: 0,
             ..options
         };
-        assert_eq!(state.decide(&c, &none, &lookup).proposer, Proposer::None);
+        // (The model, given up long ago, may be probed instead.)
+        assert_ne!(state.decide(&c, &none, &lookup).proposer, Proposer::Lookup);
         // Lookup that is always wrong is given up.
         let mut bad = AdaptiveState::default();
         let mut bad_lookup = AcceptanceModel::default();
@@ -735,7 +883,7 @@ mod tests {
             if d.draft_length > 0 {
                 speculative += 1;
             }
-            bad.observe(d.proposer, d.draft_length, 0, &mut bad_lookup);
+            bad.observe(d.proposer, d.draft_length, 0, false, &mut bad_lookup);
         }
         assert!(speculative < 30, "{speculative}");
         // A new request starts with fresh lookup estimates.
@@ -755,7 +903,7 @@ mod tests {
             if d.draft_length > 0 {
                 probes.push(round);
             }
-            state.observe(d.proposer, d.draft_length, 0, &mut lookup);
+            state.observe(d.proposer, d.draft_length, 0, false, &mut lookup);
         }
         assert!(probes.len() >= 3 && probes.len() < 20, "{probes:?}");
         let gaps: Vec<_> = probes.windows(2).map(|w| w[1] - w[0]).collect();
@@ -767,7 +915,13 @@ mod tests {
             if d.draft_length > 0 {
                 speculative += 1;
             }
-            state.observe(d.proposer, d.draft_length, d.draft_length, &mut lookup);
+            state.observe(
+                d.proposer,
+                d.draft_length,
+                d.draft_length,
+                false,
+                &mut lookup,
+            );
         }
         assert!(speculative > 2000, "{speculative}");
     }
@@ -796,23 +950,32 @@ mod tests {
         let mut c = CostModel::calibrated(&[(1, 250.0), (2, 260.0), (3, 270.0)], 140.0, 3).unwrap();
         let mut state = AdaptiveState::default();
         let mut lookup = AcceptanceModel::default();
-        let mut drafting_rounds = 0;
+        let mut drafting_rounds = Vec::new();
         for round in 0..200 {
             let d = state.decide(&c, &model_only(2, 3), &lookup);
             if d.proposer == Proposer::Model {
-                drafting_rounds += 1;
-                assert!(round < 60, "still drafting at round {round}: {c:?}");
+                drafting_rounds.push(round);
                 c.observe_pass(d.draft_length + 1, 100.0 + 4.0 * d.draft_length as f64);
                 c.observe_draft(d.draft_length, 140.0 * d.draft_length as f64);
             } else {
                 c.observe_pass(1, 100.0);
             }
-            state.observe(d.proposer, d.draft_length, d.draft_length, &mut lookup);
+            state.observe(
+                d.proposer,
+                d.draft_length,
+                d.draft_length,
+                false,
+                &mut lookup,
+            );
         }
-        assert!(
-            drafting_rounds > 0,
+        assert_eq!(
+            drafting_rounds.first(),
+            Some(&0),
             "the inflated unit made drafting look cheap"
         );
+        // Then only rare probes.
+        let late = drafting_rounds.iter().filter(|&&r| r >= 60).count();
+        assert!(late <= 3, "{drafting_rounds:?}: {c:?}");
         assert!((c.unit_ms() - 100.0).abs() < 5.0, "{c:?}");
     }
 

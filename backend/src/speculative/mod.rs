@@ -6,6 +6,7 @@
 pub mod adaptive;
 pub mod bandit;
 pub mod ngram;
+pub mod proposer;
 pub mod sampling;
 pub mod text;
 pub mod verifier;

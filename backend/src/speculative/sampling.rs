@@ -176,14 +176,22 @@ fn descending(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 }
 
 /// The tokens with finite logits, scaled by the temperature, and top-k
-/// applied: the candidates every cut starts from.
+/// applied: the candidates every cut starts from. The largest logit is
+/// subtracted before dividing, so a tiny temperature sends the others to
+/// minus infinity (weight 0) and leaves the most likely token, instead of
+/// overflowing every logit to infinity.
 fn tempered_candidates(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f32)> {
     let temperature = params.temperature.max(f32::MIN_POSITIVE);
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
     let mut candidates: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
         .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, l / temperature))
+        .map(|(i, &l)| (i as u32, (l - max) / temperature))
         .collect();
     if params.top_k > 0 && params.top_k < candidates.len() {
         candidates.select_nth_unstable_by(params.top_k - 1, descending);
@@ -355,6 +363,21 @@ mod tests {
     fn low_temperature_concentrates_mass() {
         let d = distribution(&[1.0, 2.0], &params(0.01));
         assert!(d.prob(1) > 0.999);
+    }
+
+    #[test]
+    fn vanishing_temperatures_pick_the_most_likely_token() {
+        let logits = [3.0, -1.0, 7.5, 7.0, f32::NEG_INFINITY, 2.0];
+        for t in [1e-30, 1e-37, 1e-38, f32::MIN_POSITIVE, 1e-45] {
+            for cut in [distribution, distribution_by_full_sort] {
+                let d = cut(&logits, &params(t));
+                assert_eq!(d.argmax(), (2, 1.0), "temperature {t}");
+                assert!(d.entries().iter().all(|e| e.1.is_finite()), "{t}");
+            }
+        }
+        // Tied most likely tokens share the mass.
+        let d = distribution(&[5.0, 1.0, 5.0], &params(1e-38));
+        assert_eq!((d.prob(0), d.prob(2)), (0.5, 0.5));
     }
 
     /// Logits shaped like a language model's: a few likely tokens, a long

@@ -2,6 +2,11 @@
 //! UTF-8 only, and never a piece that might turn out to be the start of a stop
 //! string.
 
+/// Longest stop string accepted, in bytes. Every generated token is checked
+/// against the held-back text, which is as long as the longest stop string,
+/// so this bounds the work a request's stop strings cost per token.
+pub const MAX_STOP_BYTES: usize = 256;
+
 /// What [`TextAssembler::push`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {

@@ -1,0 +1,291 @@
+//! What start-up measures on the loaded models: the longest target pass
+//! whose logits equal single-token decoding (the verification limit), and
+//! the costs adaptive drafting weighs (target passes by size, draft steps,
+//! sampling).
+
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+
+use crate::config::DraftParams;
+use crate::speculative::adaptive::CostModel;
+use crate::speculative::sampling::{self, SamplingParams};
+
+use super::error::EngineError;
+use super::exactness;
+use super::load::{LoadedDrafter, Slot};
+use super::pass::{decode_chunked, decode_timed, ms, truncate_kv, SamplingCosts};
+use super::runtime::RuntimeInfo;
+use super::{CalibratedCosts, EngineConfig, Verification, MAX_VERIFY_BATCH};
+
+/// How many tokens a verification pass may hold on this machine. On CPU it
+/// is the pass size measured exact on the loaded target (see
+/// [`exactness`](super::exactness)); with the target on a GPU a whole draft
+/// is verified in one pass, and greedy output equals the target's up to
+/// floating-point ties. Without drafters nothing is verified or measured.
+pub(super) fn verification_limit(
+    config: &EngineConfig,
+    runtime: &RuntimeInfo,
+    target: &LlamaModel,
+    drafters: &[LoadedDrafter],
+    slot: &mut Slot,
+) -> Result<Verification, EngineError> {
+    if drafters.is_empty() {
+        return Ok(Verification {
+            max_verify_batch: 1,
+            exactness: None,
+            target_on_gpu: false,
+        });
+    }
+    let cap = MAX_VERIFY_BATCH;
+    let target_on_gpu = config.target.gpu_layers > 0 && runtime.has_gpu;
+    let measured = exactness::measure(target, &mut slot.target, &mut slot.batch, cap)?;
+    let max_verify_batch = if target_on_gpu {
+        cap
+    } else {
+        measured.exact_tokens
+    };
+    tracing::info!(
+        exact_tokens = measured.exact_tokens,
+        tried_up_to = measured.tried_up_to,
+        first_inexact = ?measured.first_inexact,
+        took_ms = measured.took_ms,
+        max_verify_batch,
+        target_on_gpu,
+        "measured the largest target pass with logits bit-identical to single-token decoding"
+    );
+    Ok(Verification {
+        max_verify_batch,
+        exactness: Some(measured),
+        target_on_gpu,
+    })
+}
+
+/// Pass sizes measured at start-up: every size up to 16 (the verification
+/// cost curve) and the largest a round may verify; sizes in between are
+/// interpolated.
+pub(super) fn calibration_sizes(largest: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> = (1..=largest.min(16)).collect();
+    if largest > 16 {
+        sizes.push(largest);
+    }
+    sizes
+}
+
+/// Tokens of context before the measured passes.
+const CALIBRATION_PREFIX: usize = 32;
+
+/// Timed pairs per measured pass size and per draft step.
+const CALIBRATION_PAIRS: usize = 3;
+
+/// What start-up measured for the adaptive policy.
+pub(super) struct Calibration {
+    /// Cost model per drafter.
+    pub(super) costs: Vec<CostModel>,
+    /// What sampling one position costs the target.
+    pub(super) sampling: SamplingCosts,
+    /// The measurements, for reports.
+    pub(super) table: Option<CalibratedCosts>,
+}
+
+/// Measure, on this hardware, target passes by size, each drafter's draft
+/// step and the target's sampling of one position, for the adaptive policy
+/// (which any request may ask for, so every engine with drafters
+/// calibrates). Every pass is timed through the completion of its logits;
+/// a draft step includes choosing its token. Uses (and clears) one slot's
+/// contexts.
+pub(super) fn calibrate(
+    target: &LlamaModel,
+    drafters: &[LoadedDrafter],
+    slot: &mut Slot,
+    max_verify_batch: usize,
+) -> Result<Calibration, EngineError> {
+    if drafters.is_empty() {
+        return Ok(Calibration {
+            costs: Vec::new(),
+            sampling: SamplingCosts {
+                greedy_ms: 0.0,
+                sampled_ms: 0.0,
+            },
+            table: None,
+        });
+    }
+    let started = Instant::now();
+    let largest = max_verify_batch.clamp(1, DraftParams::MAX_DRAFT as usize + 1);
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(8);
+    let mut prefix: Vec<u32> = target
+        .vocab()
+        .tokenize(text.as_bytes(), true, false)
+        .into_iter()
+        .map(|t| t.0 as u32)
+        .collect();
+    prefix.truncate(CALIBRATION_PREFIX);
+    if prefix.is_empty() {
+        return Err(EngineError::Decode(
+            "calibration: the target tokenizes no text".into(),
+        ));
+    }
+    let start = prefix.len();
+    let probe: Vec<u32> = prefix.iter().cycle().take(largest).copied().collect();
+    slot.target.clear_kv_cache();
+    decode_chunked(&mut slot.target, &mut slot.batch, &prefix, 0)?;
+    for ctx in &mut slot.drafters {
+        ctx.clear_kv_cache();
+        decode_chunked(ctx, &mut slot.batch, &prefix, 0)?;
+    }
+    let sizes = calibration_sizes(largest);
+    // A first pass of each context warms caches and threads up.
+    time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+    for ctx in &mut slot.drafters {
+        time_draft_step(ctx, &mut slot.batch, probe[0], start)?;
+    }
+    // Each larger pass and each draft step is timed right after a
+    // one-token target pass, and costs what the median pair says relative
+    // to it: a change of load during start-up touches both halves of a
+    // pair alike, where it would skew times taken apart.
+    let mut unit = f64::INFINITY;
+    let mut pass_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); sizes.len()];
+    let mut step_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); slot.drafters.len()];
+    for _ in 0..CALIBRATION_PAIRS {
+        for (&n, ratios) in sizes.iter().zip(&mut pass_ratios).filter(|(n, _)| **n > 1) {
+            let one = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+            let pass = time_pass(&mut slot.target, &mut slot.batch, &probe[..n], start)?;
+            unit = unit.min(one);
+            ratios.push(pass / one);
+        }
+        for (ctx, ratios) in slot.drafters.iter_mut().zip(&mut step_ratios) {
+            let one = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+            let step = time_draft_step(ctx, &mut slot.batch, probe[0], start)?;
+            unit = unit.min(one);
+            ratios.push(step / one);
+        }
+    }
+    if !unit.is_finite() {
+        unit = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+    }
+    let passes: Vec<(usize, f64)> = sizes
+        .iter()
+        .zip(&mut pass_ratios)
+        .map(|(&n, ratios)| (n, if n == 1 { unit } else { unit * median(ratios) }))
+        .collect();
+    let step_by_model: Vec<f64> = step_ratios
+        .iter_mut()
+        .map(|ratios| unit * median(ratios))
+        .collect();
+    for ctx in &mut slot.drafters {
+        ctx.clear_kv_cache();
+    }
+    // Sampling one position, on the logits of a real pass.
+    decode_timed(&mut slot.target, &mut slot.batch, &probe[..1], start, true)?;
+    let logits = slot.target.get_logits_ith(0).to_vec();
+    truncate_kv(&mut slot.target, start)?;
+    let sampling = SamplingCosts {
+        greedy_ms: best_of_three(|| sampling::argmax(&logits)),
+        sampled_ms: best_of_three(|| {
+            sampling::distribution(
+                &logits,
+                &SamplingParams {
+                    temperature: 1.0,
+                    ..SamplingParams::default()
+                },
+            )
+        }),
+    };
+    slot.target.clear_kv_cache();
+    let mut costs = Vec::with_capacity(drafters.len());
+    for d in drafters {
+        let step = d
+            .model
+            .and_then(|m| step_by_model.get(m).copied())
+            .unwrap_or(0.0);
+        let cost = CostModel::calibrated(&passes, step, largest).ok_or_else(|| {
+            EngineError::Decode("calibration measured no single-token pass".into())
+        })?;
+        costs.push(cost);
+    }
+    let took_ms = ms(started);
+    tracing::info!(
+        passes = ?passes,
+        draft_steps = ?step_by_model,
+        sample_greedy_ms = sampling.greedy_ms,
+        sample_ms = sampling.sampled_ms,
+        took_ms,
+        "calibrated costs for adaptive drafting"
+    );
+    Ok(Calibration {
+        costs,
+        sampling,
+        table: Some(CalibratedCosts {
+            target_passes: passes,
+            draft_steps: step_by_model,
+            sampling,
+            took_ms,
+        }),
+    })
+}
+
+/// Milliseconds of one pass over `tokens` at `start`, through the
+/// completion of its logits, rolled back after.
+pub(super) fn time_pass(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    tokens: &[u32],
+    start: usize,
+) -> Result<f64, EngineError> {
+    let elapsed = decode_timed(ctx, batch, tokens, start, true)?;
+    truncate_kv(ctx, start)?;
+    Ok(elapsed)
+}
+
+/// Milliseconds of one draft step at `start`: a one-token pass through its
+/// logits and the (greedy) choice of its token, rolled back after.
+pub(super) fn time_draft_step(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    token: u32,
+    start: usize,
+) -> Result<f64, EngineError> {
+    let started = Instant::now();
+    decode_timed(ctx, batch, &[token], start, false)?;
+    std::hint::black_box(sampling::argmax(ctx.get_logits_ith(0)));
+    let elapsed = ms(started);
+    truncate_kv(ctx, start)?;
+    Ok(elapsed)
+}
+
+/// The middle of `values` (the lower middle of an even count; 1 when empty).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 1.0,
+        n => values[(n - 1) / 2],
+    }
+}
+
+/// Milliseconds of `work`, the best of three runs (sampling transforms are
+/// pure, so repeating them changes nothing).
+fn best_of_three<T>(mut work: impl FnMut() -> T) -> f64 {
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(work());
+            ms(started)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::calibration_sizes;
+
+    #[test]
+    fn calibration_covers_the_curve_and_the_largest_pass() {
+        assert_eq!(calibration_sizes(1), [1]);
+        assert_eq!(calibration_sizes(5), [1, 2, 3, 4, 5]);
+        let gpu = calibration_sizes(65);
+        assert_eq!(gpu.len(), 17);
+        assert_eq!((gpu[15], gpu[16]), (16, 65));
+    }
+}
