@@ -114,7 +114,7 @@ struct GenerateArgs {
     /// Min-p cut (0 disables).
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
-    /// Random seed (drawn at random when not given).
+    /// Seed: the same output for the same seed whatever drafting does (random when not given).
     #[arg(long)]
     seed: Option<u64>,
     /// Stop string (repeatable).
@@ -274,7 +274,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             top_k: args.top_k,
             top_p: args.top_p,
             min_p: args.min_p,
-            seed: args.seed.unwrap_or_else(rand::random),
+            seed: args.seed,
         },
         drafter: choice,
         draft: None,

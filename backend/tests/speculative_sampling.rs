@@ -5,7 +5,11 @@ mod common;
 use common::{chat, greedy, run, TRANSLATIONS};
 use specdec_backend::speculative::sampling::SamplingParams;
 
-fn sampled(prompt: &str, seed: u64, drafter: Option<&str>) -> specdec_backend::engine::Completion {
+fn sampled_request(
+    prompt: &str,
+    seed: Option<u64>,
+    drafter: Option<&str>,
+) -> specdec_backend::engine::GenerationRequest {
     let mut request = greedy(chat(prompt), 48, drafter, 4);
     request.sampling = SamplingParams {
         temperature: 0.9,
@@ -14,7 +18,50 @@ fn sampled(prompt: &str, seed: u64, drafter: Option<&str>) -> specdec_backend::e
         min_p: 0.05,
         seed,
     };
-    run(request)
+    request
+}
+
+fn sampled(prompt: &str, seed: u64, drafter: Option<&str>) -> specdec_backend::engine::Completion {
+    run(sampled_request(prompt, Some(seed), drafter))
+}
+
+/// A seeded sampled request yields the tokens plain sampling yields for the
+/// seed, whoever drafts and however much: fixed lengths, prompt lookup,
+/// adaptive drafting (whose lengths follow the machine's timings) and a
+/// minimum draft length with a confidence cut.
+#[test]
+fn a_seed_gives_the_same_tokens_whatever_drafting_does() {
+    let (_, prompt) = TRANSLATIONS[2];
+    let plain = sampled(prompt, 5, None);
+    assert!(plain.token_ids.len() > 8);
+    for drafter in ["qwen-0.5b", "ngram", "self"] {
+        let fixed = sampled(prompt, 5, Some(drafter));
+        assert_eq!(
+            fixed.token_ids, plain.token_ids,
+            "{drafter}, fixed length 4"
+        );
+        let mut adaptive = sampled_request(prompt, Some(5), Some(drafter));
+        adaptive.draft = Some(specdec_backend::config::DraftParams {
+            max: 6,
+            min: 2,
+            p_min: 0.3,
+            adaptive: true,
+        });
+        let adaptive = run(adaptive);
+        assert_eq!(adaptive.token_ids, plain.token_ids, "{drafter}, adaptive");
+    }
+    // The model drafter is right often enough to be accepted at all.
+    assert!(sampled(prompt, 5, Some("qwen-0.5b")).stats.accepted_tokens > 0);
+}
+
+/// Without a seed, requests draw their own randomness.
+#[test]
+fn unseeded_requests_differ() {
+    let (_, prompt) = TRANSLATIONS[3];
+    let outputs: std::collections::BTreeSet<Vec<u32>> = (0..3)
+        .map(|_| run(sampled_request(prompt, None, Some("qwen-0.5b"))).token_ids)
+        .collect();
+    assert!(outputs.len() > 1, "three unseeded requests gave one output");
 }
 
 #[test]

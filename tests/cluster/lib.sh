@@ -154,6 +154,13 @@ pid_is() {
   [[ "${exe% (deleted)}" == "$CLUSTER_BIN/$2" ]]
 }
 
+# pid_alive PID: 0 while PID lives (a zombie has no exe). Right after
+# `setsid CMD &` the child may still be the shell or setsid itself, not yet
+# CMD's binary, so a process just started is judged by this, not pid_is.
+pid_alive() {
+  readlink "/proc/$1/exe" >/dev/null 2>&1
+}
+
 # component_pid NAME: prints NAME's pid and returns 0 when it is running.
 component_pid() {
   local pid
@@ -184,7 +191,7 @@ start_component() {
 wait_healthy() {
   local name="$1" pid="$2" timeout="${3:-120}" start=$SECONDS
   until component_healthy "$name"; do
-    if ! pid_is "$pid" "$name"; then
+    if ! pid_alive "$pid"; then
       tail -n 30 "$LOGS/$name.log" >&2 || true
       die "$name exited; see $LOGS/$name.log"
     fi

@@ -222,7 +222,7 @@ pub fn generate(
             } else {
                 let params = SamplingParams {
                     temperature: job.temperature,
-                    seed: job.seed,
+                    seed: Some(job.seed),
                     ..SamplingParams::default()
                 };
                 sampling::distribution(logits, &params).sample(&mut active.rng)

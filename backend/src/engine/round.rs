@@ -117,7 +117,8 @@ fn draft_with_model(
         position: seq.tokens.len(),
         target_vocab,
     };
-    let proposal = propose(&mut drafter, k, p_min, &seq.sampling, &mut seq.rng)?;
+    let first = seq.tokens.len();
+    let proposal = propose(&mut drafter, k, p_min, first, &seq.sampling, &mut seq.rng)?;
     seq.drafter_past[model] = drafter.position;
     steps += proposal.fed;
     steps_ms += ms(drafting);
@@ -393,7 +394,7 @@ fn draft(
                 plan.lookup.clone()
             };
             tokens.truncate(k);
-            let dists = if seq.sampling.is_greedy() {
+            let dists = if seq.sampling.is_greedy() || seq.sampling.seed.is_some() {
                 Vec::new()
             } else {
                 tokens
@@ -409,11 +410,13 @@ fn draft(
         }
         _ => Draft::default(),
     };
+    let drawn_at_random = plan.proposer == Proposer::Model
+        && !seq.sampling.is_greedy()
+        && seq.sampling.seed.is_none();
     if drops_short_draft(
         draft.tokens.len(),
         plan.params.min as usize,
-        seq.sampling.is_greedy(),
-        plan.proposer == Proposer::Model,
+        drawn_at_random,
     ) {
         // Not verified, so nothing to learn from either.
         draft = Draft::default();
@@ -444,10 +447,18 @@ fn verify(
         sampled: 0,
         sampling_ms: 0.0,
     };
-    let verdict = if seq.sampling.is_greedy() {
+    let params = &seq.sampling;
+    let verdict = if params.is_greedy() {
         verifier::verify_greedy_lazily(&draft.tokens, |i| window.sample(i, sampling::argmax))?
+    } else if let Some(seed) = params.seed {
+        // Seeded: the target's coupled choice at each position, kept while
+        // the draft matches it; the tokens are those plain sampling gives.
+        verifier::verify_greedy_lazily(&draft.tokens, |i| {
+            window.sample(i, |l| {
+                sampling::distribution(l, params).coupled_choice(seed, len + i)
+            })
+        })?
     } else {
-        let params = &seq.sampling;
         verifier::verify_sampled_lazily(
             &draft.tokens,
             &draft.dists,

@@ -279,7 +279,10 @@ impl<'m> Scheduler<'m> {
                 last_round: None,
                 language: p.language,
                 lookup: AcceptanceModel::default(),
-                rng: ChaCha8Rng::seed_from_u64(p.sampling.seed),
+                rng: p
+                    .sampling
+                    .seed
+                    .map_or_else(ChaCha8Rng::from_entropy, ChaCha8Rng::seed_from_u64),
                 sample_ms: self.sampling_costs.for_request(p.sampling.is_greedy()),
                 sampling: p.sampling,
                 max_tokens: p.max_tokens,

@@ -435,14 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_engine_fails_readiness_and_liveness() {
-        let registry = RegistryConfig::from_yaml(REGISTRY).unwrap();
-        let config = ServiceConfig {
-            model_name: "m".into(),
-            slots: 1,
-            max_waiting: 4,
-            request_timeout: Duration::from_secs(60),
-        };
-        let service = Arc::new(Service::new(config, &registry));
+        let service = test_service();
         let routes = crate::server::routes::routes(Arc::clone(&service));
         let status = |path: &'static str| {
             let routes = routes.clone();
@@ -471,9 +464,8 @@ drafters:
   - { name: euro, model: /m/d.gguf, languages: [de, fr] }
 "#;
 
-    /// Start a request with `extra` JSON fields and hand back what the
-    /// backend was asked and the drafter the generation starts under.
-    fn start(extra: &str) -> (GenerationRequest, Option<String>) {
+    /// A service over [`REGISTRY`] with one slot, its backend not loaded.
+    fn test_service() -> Arc<Service> {
         let registry = RegistryConfig::from_yaml(REGISTRY).unwrap();
         let config = ServiceConfig {
             model_name: "m".into(),
@@ -481,7 +473,13 @@ drafters:
             max_waiting: 4,
             request_timeout: Duration::from_secs(60),
         };
-        let service = Arc::new(Service::new(config, &registry));
+        Arc::new(Service::new(config, &registry))
+    }
+
+    /// Start a request with `extra` JSON fields and hand back what the
+    /// backend was asked and the drafter the generation starts under.
+    fn start(extra: &str) -> (GenerationRequest, Option<String>) {
+        let service = test_service();
         let backend = Arc::new(Capture::default());
         service.set_ready(backend.clone());
         let body = format!(

@@ -32,15 +32,17 @@ pub struct Proposal {
     pub stopped_early: bool,
 }
 
-/// Draft up to `k` tokens: greedily, or drawn from the drafter's
-/// distribution under the request's `sampling`; stop early where the
-/// drafter's most likely token is below `p_min` (0 never stops). The last
-/// token drafted is not fed back: the next round starts from the target's
-/// choice anyway.
+/// Draft up to `k` tokens, the first at sequence position `position`:
+/// greedily; or, under the request's `sampling`, with the seed's coupled
+/// choice (see [`Distribution::coupled_choice`]) or drawn with `rng`, keeping
+/// the distributions for verification. Stop early where the drafter's most
+/// likely token is below `p_min` (0 never stops). The last token drafted is
+/// not fed back: the next round starts from the target's choice anyway.
 pub fn propose<M: DraftModel, R: Rng + ?Sized>(
     model: &mut M,
     k: usize,
     p_min: f32,
+    position: usize,
     sampling: &SamplingParams,
     rng: &mut R,
 ) -> Result<Proposal, M::Error> {
@@ -58,9 +60,14 @@ pub fn propose<M: DraftModel, R: Rng + ?Sized>(
             sampling::argmax(logits)
         } else {
             let q = sampling::distribution(logits, sampling);
-            let token = q.sample(rng);
-            proposal.dists.push(q);
-            token
+            match sampling.seed {
+                Some(seed) => q.coupled_choice(seed, position + proposal.tokens.len()),
+                None => {
+                    let token = q.sample(rng);
+                    proposal.dists.push(q);
+                    token
+                }
+            }
         };
         proposal.tokens.push(token);
         if proposal.tokens.len() < k {
@@ -72,14 +79,17 @@ pub fn propose<M: DraftModel, R: Rng + ?Sized>(
 }
 
 /// Whether a draft shorter than the drafter's `min` is dropped (the round
-/// then decodes plainly). Under greedy decoding, and for a draft that is a
-/// function of the tokens so far (prompt lookup), dropping it changes only
-/// the speed. A sampled model draft is never dropped: its length depends on
-/// the tokens drawn (the drafter grew unsure after some of them), so keeping
-/// only the long ones would favour the tokens after which the drafter stays
-/// sure, and the output would no longer follow the target's distribution.
-pub fn drops_short_draft(len: usize, min: usize, greedy: bool, drawn_by_model: bool) -> bool {
-    len < min && (greedy || !drawn_by_model)
+/// then decodes plainly). Where the output does not depend on the draft
+/// (greedy or seeded requests: verification keeps only what the target
+/// itself would choose), and for a draft that is a function of the tokens
+/// so far (prompt lookup), dropping it changes only the speed. A model
+/// draft drawn at random (`drawn_at_random`) is never dropped: its length
+/// depends on the tokens drawn (the drafter grew unsure after some of them),
+/// so keeping only the long ones would favour the tokens after which the
+/// drafter stays sure, and the output would no longer follow the target's
+/// distribution.
+pub fn drops_short_draft(len: usize, min: usize, drawn_at_random: bool) -> bool {
+    len < min && !drawn_at_random
 }
 
 #[cfg(test)]
@@ -140,7 +150,7 @@ mod tests {
         let mut counts = [0u64; 3];
         for _ in 0..n {
             let mut drafter = Drafter::new();
-            let mut p = propose(&mut drafter, 3, 0.5, &sampling, &mut rng).unwrap();
+            let mut p = propose(&mut drafter, 3, 0.5, 0, &sampling, &mut rng).unwrap();
             if drops(p.tokens.len()) {
                 p.tokens.clear();
                 p.dists.clear();
@@ -179,7 +189,7 @@ mod tests {
     #[test]
     fn sampled_rounds_with_min_and_p_min_follow_the_target() {
         let n = 60_000;
-        let counts = first_tokens(n, |len| drops_short_draft(len, 2, false, true));
+        let counts = first_tokens(n, |len| drops_short_draft(len, 2, true));
         let stat = chi_square(&counts, n);
         assert!(stat < CRITICAL_2_DOF, "{counts:?}: chi-square {stat:.1}");
         // Dropping every short draft (the old rule) visibly biases the output.
@@ -196,7 +206,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut drafter = Drafter::new();
         // Greedy: 0 (sure after it), 0, 0.
-        let p = propose(&mut drafter, 3, 0.5, &greedy, &mut rng).unwrap();
+        let p = propose(&mut drafter, 3, 0.5, 0, &greedy, &mut rng).unwrap();
         assert_eq!(
             (p.tokens, p.fed, drafter.fed),
             (vec![0, 0, 0], 2, vec![0, 0])
@@ -204,15 +214,14 @@ mod tests {
         // Unsure from the start: nothing drafted.
         let mut unsure = Drafter::new();
         unsure.logits = log_probs(&[0.4, 0.3, 0.3]);
-        let p = propose(&mut unsure, 3, 0.5, &greedy, &mut rng).unwrap();
+        let p = propose(&mut unsure, 3, 0.5, 0, &greedy, &mut rng).unwrap();
         assert!(p.tokens.is_empty() && p.fed == 0 && p.stopped_early);
     }
 
     #[test]
     fn only_drafts_that_cannot_bias_are_dropped() {
-        assert!(drops_short_draft(1, 2, true, true));
-        assert!(drops_short_draft(1, 2, false, false));
-        assert!(!drops_short_draft(1, 2, false, true));
-        assert!(!drops_short_draft(2, 2, true, true));
+        assert!(drops_short_draft(1, 2, false));
+        assert!(!drops_short_draft(1, 2, true));
+        assert!(!drops_short_draft(2, 2, false));
     }
 }

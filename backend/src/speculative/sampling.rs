@@ -19,8 +19,11 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Drop tokens whose probability is below min_p times the top one; 0 disables.
     pub min_p: f32,
-    /// Seed of the request's random generator.
-    pub seed: u64,
+    /// The request's seed. Given one, sampling is reproducible: every
+    /// choice is Gumbel-max with noise keyed by the seed and the position
+    /// ([`Distribution::coupled_choice`]), so the tokens are the same
+    /// whatever drafting did. Without one, a random generator.
+    pub seed: Option<u64>,
 }
 
 impl Default for SamplingParams {
@@ -30,7 +33,7 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             min_p: 0.0,
-            seed: 0,
+            seed: None,
         }
     }
 }
@@ -131,6 +134,27 @@ impl Distribution {
     }
 
     /// Draw a token.
+    /// The token Gumbel-max sampling picks with the noise of `(seed,
+    /// position)`: the largest `ln p(x) + g(x)`, with `g(x)` standard Gumbel
+    /// noise that is a function of the seed, the position and `x`. Over
+    /// fresh noise it is a draw from this distribution. A drafter and the
+    /// target choosing with the same noise agree as often as their
+    /// distributions let them, and the target's choice at a position does
+    /// not depend on what was drafted: sampled speculative decoding then
+    /// yields exactly the tokens plain sampling yields for the seed.
+    pub fn coupled_choice(&self, seed: u64, position: usize) -> u32 {
+        let mut best = (self.entries[0].0, f64::NEG_INFINITY);
+        for &(token, p) in &self.entries {
+            // ln p + Gumbel = ln p - ln(-ln u).
+            let score = f64::from(p).ln() - (-keyed_uniform(seed, position, token).ln()).ln();
+            if score > best.1 {
+                best = (token, score);
+            }
+        }
+        best.0
+    }
+
+    /// A draw from the distribution with `rng`.
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> u32 {
         let mut u: f32 = rng.gen::<f32>();
         for &(t, p) in &self.entries {
@@ -142,6 +166,21 @@ impl Distribution {
         // Rounding left a sliver of mass: give it to the last token.
         self.entries[self.entries.len() - 1].0
     }
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit function of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A uniform number in (0, 1) that is a function of the seed, the position
+/// and the token alone.
+fn keyed_uniform(seed: u64, position: usize, token: u32) -> f64 {
+    let bits = mix(seed ^ mix(position as u64 ^ mix(u64::from(token))));
+    ((bits >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// Index of the largest logit (lowest index on ties), as llama.cpp's greedy
@@ -366,6 +405,48 @@ mod tests {
     }
 
     #[test]
+    fn coupled_choices_follow_the_distribution_and_agree_where_it_does() {
+        let p = Distribution::from_weights(vec![(0, 0.5), (3, 0.3), (7, 0.2)]).unwrap();
+        let n = 60_000;
+        let mut counts = [0u64; 3];
+        for position in 0..n {
+            let i = match p.coupled_choice(9, position) {
+                0 => 0,
+                3 => 1,
+                7 => 2,
+                other => panic!("{other} is not in the distribution"),
+            };
+            counts[i] += 1;
+        }
+        let chi: f64 = counts
+            .iter()
+            .zip([0.5, 0.3, 0.2])
+            .map(|(&c, q)| (c as f64 - n as f64 * q).powi(2) / (n as f64 * q))
+            .sum();
+        assert!(
+            chi < 13.82,
+            "{counts:?}: chi-square {chi:.1} (2 dof, p = 0.001)"
+        );
+        // A function of (seed, position): the same again, another with another seed.
+        let again: Vec<u32> = (0..64).map(|i| p.coupled_choice(9, i)).collect();
+        assert_eq!(
+            again,
+            (0..64).map(|i| p.coupled_choice(9, i)).collect::<Vec<_>>()
+        );
+        assert_ne!(
+            again,
+            (0..64).map(|i| p.coupled_choice(10, i)).collect::<Vec<_>>()
+        );
+        // A close distribution agrees at most positions; the same one at all.
+        let q = Distribution::from_weights(vec![(0, 0.45), (3, 0.35), (7, 0.2)]).unwrap();
+        let agree = (0..10_000)
+            .filter(|&i| p.coupled_choice(1, i) == q.coupled_choice(1, i))
+            .count();
+        assert!(agree > 8_500, "{agree}");
+        assert!((0..1000).all(|i| p.coupled_choice(1, i) == p.clone().coupled_choice(1, i)));
+    }
+
+    #[test]
     fn vanishing_temperatures_pick_the_most_likely_token() {
         let logits = [3.0, -1.0, 7.5, 7.0, f32::NEG_INFINITY, 2.0];
         for t in [1e-30, 1e-37, 1e-38, f32::MIN_POSITIVE, 1e-45] {
@@ -407,7 +488,7 @@ mod tests {
                 top_k: [0, 0, 3, 40, 200][(case / 5) % 5],
                 top_p: [1.0, 0.95, 0.5, 0.999, 0.05][(case / 25) % 5],
                 min_p: [0.0, 0.0, 0.05, 0.3][(case / 125) % 4],
-                seed: 0,
+                seed: None,
             };
             let fast = distribution(&logits, &params);
             assert_eq!(
