@@ -136,8 +136,10 @@ pub(super) fn calibrate(
         decode_chunked(ctx, &mut slot.batch, &prefix, 0)?;
     }
     let sizes = calibration_sizes(largest);
-    // A first pass of each context warms caches and threads up.
+    // A first pass of each context warms caches and threads up; the
+    // target's logits serve to time sampling one position.
     time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+    let logits = slot.target.get_logits_ith(0).to_vec();
     for ctx in &mut slot.drafters {
         time_draft_step(ctx, &mut slot.batch, probe[0], start)?;
     }
@@ -177,10 +179,6 @@ pub(super) fn calibrate(
     for ctx in &mut slot.drafters {
         ctx.clear_kv_cache();
     }
-    // Sampling one position, on the logits of a real pass.
-    decode_timed(&mut slot.target, &mut slot.batch, &probe[..1], start, true)?;
-    let logits = slot.target.get_logits_ith(0).to_vec();
-    truncate_kv(&mut slot.target, start)?;
     let sampling = SamplingCosts {
         greedy_ms: best_of_three(|| sampling::argmax(&logits)),
         sampled_ms: best_of_three(|| {

@@ -93,7 +93,6 @@ fn draft_with_model(
             "drafter model {model} has no context in this slot"
         )));
     };
-    let mut draft = Draft::default();
     // Catch up the way the target evaluated the same tokens (a long run as a
     // prompt, then its last token alone), so that a drafter identical to the
     // target also computes identical logits.
@@ -107,27 +106,26 @@ fn draft_with_model(
     let first_pass_ms = decode_timed(ctx, batch, last, past + body.len(), false)?;
     // The first decode is a step when it evaluates one token.
     let catching_up = last.len() > 1;
-    let mut steps = usize::from(!catching_up);
-    let mut steps_ms = if catching_up { 0.0 } else { first_pass_ms };
+    let steps = usize::from(!catching_up);
+    let steps_ms = if catching_up { 0.0 } else { first_pass_ms };
     let drafting = Instant::now();
+    let first = seq.tokens.len();
     let mut drafter = ContextDrafter {
         ctx,
         batch,
         logits_index: (last.len() - 1) as i32,
-        position: seq.tokens.len(),
+        position: first,
         target_vocab,
     };
-    let first = seq.tokens.len();
     let proposal = propose(&mut drafter, k, p_min, first, &seq.sampling, &mut seq.rng)?;
     seq.drafter_past[model] = drafter.position;
-    steps += proposal.fed;
-    steps_ms += ms(drafting);
-    draft.tokens = proposal.tokens;
-    draft.dists = proposal.dists;
-    draft.stopped_early = proposal.stopped_early;
-    draft.steps = steps;
-    draft.steps_ms = steps_ms;
-    Ok(draft)
+    Ok(Draft {
+        tokens: proposal.tokens,
+        dists: proposal.dists,
+        steps: steps + proposal.fed,
+        steps_ms: steps_ms + ms(drafting),
+        stopped_early: proposal.stopped_early,
+    })
 }
 
 /// What a round asks of a drafter model.
@@ -394,13 +392,13 @@ fn draft(
                 plan.lookup.clone()
             };
             tokens.truncate(k);
-            let dists = if seq.sampling.is_greedy() || seq.sampling.seed.is_some() {
-                Vec::new()
-            } else {
+            let dists = if seq.sampling.draws_at_random() {
                 tokens
                     .iter()
                     .map(|&t| Distribution::point_mass(t))
                     .collect()
+            } else {
+                Vec::new()
             };
             Draft {
                 tokens,
@@ -410,9 +408,7 @@ fn draft(
         }
         _ => Draft::default(),
     };
-    let drawn_at_random = plan.proposer == Proposer::Model
-        && !seq.sampling.is_greedy()
-        && seq.sampling.seed.is_none();
+    let drawn_at_random = plan.proposer == Proposer::Model && seq.sampling.draws_at_random();
     if drops_short_draft(
         draft.tokens.len(),
         plan.params.min as usize,

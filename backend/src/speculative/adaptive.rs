@@ -207,13 +207,7 @@ impl CostModel {
         sample_ms: f64,
     ) -> (f64, f64) {
         let chunk = chunk.max(1);
-        // survive[i]: probability that the first i drafted tokens are accepted.
-        let mut survive = Vec::with_capacity(k + 1);
-        survive.push(1.0);
-        for i in 0..k {
-            let a = acceptance.get(i).copied().unwrap_or(0.0).clamp(0.0, 1.0);
-            survive.push(survive[i] * a);
-        }
+        let survive = survival(acceptance, k);
         let tokens = survive.iter().sum::<f64>();
         let batch = k + 1;
         // Position i is sampled when the i drafted tokens before it were accepted.
@@ -226,6 +220,18 @@ impl CostModel {
         }
         (tokens, ms)
     }
+}
+
+/// `survive[i]` for i in 0..=k: the probability that the first `i` drafted
+/// tokens are all accepted, given conditional acceptances (missing ones 0).
+fn survival(acceptance: &[f64], k: usize) -> Vec<f64> {
+    let mut survive = Vec::with_capacity(k + 1);
+    survive.push(1.0);
+    for i in 0..k {
+        let a = acceptance.get(i).copied().unwrap_or(0.0).clamp(0.0, 1.0);
+        survive.push(survive[i] * a);
+    }
+    survive
 }
 
 fn smooth(old: f64, new: f64) -> f64 {
@@ -282,13 +288,7 @@ impl AcceptanceModel {
     /// Expected number of the first `len` drafted tokens accepted:
     /// `P_1 + … + P_len`, with `P_i` the probability that the first `i` all are.
     pub fn expected_accepted(&self, len: usize) -> f64 {
-        self.conditional(len)
-            .iter()
-            .scan(1.0, |survive, a| {
-                *survive *= a;
-                Some(*survive)
-            })
-            .sum()
+        survival(&self.conditional(len), len)[1..].iter().sum()
     }
 
     /// Conditional acceptance of positions 0..len. A position seldom seen

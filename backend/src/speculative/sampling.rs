@@ -53,6 +53,15 @@ impl SamplingParams {
         self.temperature <= 0.0
     }
 
+    /// Whether choices are drawn with a random generator (sampling without
+    /// a seed): drafts are then verified by the rejection rule, which needs
+    /// the distributions they were drawn from, and the output depends on
+    /// what was drafted. Greedy and seeded choices are functions of the
+    /// logits (and seed and position), verified by equality.
+    pub fn draws_at_random(&self) -> bool {
+        !self.is_greedy() && self.seed.is_none()
+    }
+
     /// Check the ranges of the parameters.
     pub fn validate(&self) -> Result<(), InvalidSampling> {
         let invalid = |field, message| Err(InvalidSampling { field, message });
