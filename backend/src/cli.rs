@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DraftParams, DrafterConfig, DrafterKind, RegistryConfig, TargetConfig};
-use crate::engine::{ChatMessage, DrafterChoice, Engine, EngineConfig, GenerationRequest, Prompt};
+use crate::engine::{
+    Batching, ChatMessage, DrafterChoice, Engine, EngineConfig, GenerationRequest, Prompt,
+};
 use crate::models;
 use crate::speculative::sampling::SamplingParams;
 
@@ -62,6 +64,11 @@ struct ServeArgs {
     /// Sequences generated concurrently.
     #[arg(long, env = "SPECDEC_SLOTS", default_value_t = 2)]
     slots: usize,
+    /// How passes serving several slots are bounded: `exact` (every request
+    /// gets the tokens it gets alone) or `throughput` (passes hold every
+    /// slot's rows; greedy output equal up to floating-point rounding).
+    #[arg(long, env = "SPECDEC_BATCHING", value_enum, default_value_t = Batching::Exact)]
+    batching: Batching,
     /// Requests that may wait for a slot before new ones get 429.
     #[arg(long, env = "SPECDEC_MAX_WAITING", default_value_t = 16)]
     max_waiting: usize,
@@ -374,6 +381,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: std::net::SocketAddr::new(args.host, args.port),
         model_name,
         slots: args.slots.max(1),
+        batching: args.batching,
         max_waiting: args.max_waiting,
         request_timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
         threads: args
@@ -440,6 +448,13 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
             }
         ),
         None => println!("verification: none (no drafters)"),
+    }
+    if info.slots > 1 {
+        println!(
+            "{} slots: target passes shared by slots hold up to {} rows; prompts read beside \
+             decoding slots advance {} tokens a step",
+            info.slots, v.shared_pass_rows, v.prompt_granularity
+        );
     }
     if let Some(costs) = &info.costs {
         let unit = costs.target_passes.first().map_or(1.0, |p| p.1);

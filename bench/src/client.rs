@@ -1,6 +1,6 @@
 //! One streamed chat completion, timed on the client side the same way for
-//! both servers: time to the first content, time to the end, and the
-//! speculation figures each server reports.
+//! both servers: time to the first content, time to the end, the arrival of
+//! every piece of text, and the speculation figures each server reports.
 
 use std::time::Instant;
 
@@ -82,7 +82,22 @@ pub async fn chat(
     base_url: &str,
     body: &Value,
 ) -> anyhow::Result<Measurement> {
+    let (measurement, _) = chat_with_arrivals(client, base_url, body, |_| {}).await?;
+    Ok(measurement)
+}
+
+/// [`chat`], also giving when each event that carried text arrived, in
+/// order (events read together from the network arrive together).
+/// `on_text` is called right after each such event with their count so far,
+/// so that a caller can act while the stream goes on.
+pub async fn chat_with_arrivals(
+    client: &reqwest::Client,
+    base_url: &str,
+    body: &Value,
+    mut on_text: impl FnMut(usize),
+) -> anyhow::Result<(Measurement, Vec<Instant>)> {
     let started = Instant::now();
+    let mut arrivals = Vec::new();
     let mut response = client
         .post(format!("{base_url}/v1/chat/completions"))
         .json(body)
@@ -128,8 +143,11 @@ pub async fn chat(
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             if !content.is_empty() {
-                ttft_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+                let now = Instant::now();
+                ttft_ms.get_or_insert_with(|| (now - started).as_secs_f64() * 1000.0);
                 text.push_str(content);
+                arrivals.push(now);
+                on_text(arrivals.len());
             }
             if event.get("usage").is_some_and(|u| !u.is_null()) {
                 usage = event["usage"].clone();
@@ -163,7 +181,7 @@ pub async fn chat(
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default();
-    Ok(Measurement {
+    let measurement = Measurement {
         text,
         completion_tokens,
         prompt_tokens: count(&usage, "prompt_tokens")
@@ -175,5 +193,6 @@ pub async fn chat(
         accepted_tokens,
         drafts,
         rounds_by_draft_length,
-    })
+    };
+    Ok((measurement, arrivals))
 }

@@ -2,7 +2,8 @@
 //! own server (see bench/README.md). It starts both servers on loopback with
 //! the same models, threads and slots, sends the same translate-to-English
 //! prompts to each configuration in turn, and writes JSON, Markdown and a PNG
-//! chart under the output directory.
+//! chart under the output directory. `--prefill-interference` measures instead
+//! the inter-token latency of a streamed request while a long prompt is read.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use specdec_bench::modes::ServerKind;
 use specdec_bench::report::{LoadResult, Machine, Report, Run, Settings};
 use specdec_bench::servers::{Server, ServerSettings};
 use specdec_bench::tasks::Task;
-use specdec_bench::{chart, chrf, corpus, modes, report, servers};
+use specdec_bench::{chart, chrf, corpus, interference, modes, report, servers};
 
 /// Run the benchmark.
 #[derive(Debug, Parser)]
@@ -31,7 +32,8 @@ struct Args {
     /// Paragraphs per language (default: 1 quick, 3 full).
     #[arg(long)]
     per_language: Option<usize>,
-    /// Most tokens generated per request (default: 40 quick, 128 full).
+    /// Most tokens generated per request (default: 40 quick, 128 full; 96
+    /// for the stream of `--prefill-interference`).
     #[arg(long)]
     max_tokens: Option<u32>,
     /// Languages (Debian's codes), default all eight.
@@ -61,6 +63,25 @@ struct Args {
     /// Concurrent clients in the load mode (`--concurrency` alone: skip it).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,4,8")]
     concurrency: Vec<usize>,
+    /// Measure only the prefill interference: a greedy translation streams
+    /// alone, then again while a second request's long prompt is read; the
+    /// stream's inter-token gaps during that prefill against its gaps alone,
+    /// on specdec (adaptive) and llama-server, each with 2 slots and a
+    /// context of at least 4096 per slot. No per-language modes, no load runs.
+    #[arg(long)]
+    prefill_interference: bool,
+    /// Measure only the load runs (no per-language modes).
+    #[arg(long, conflicts_with = "prefill_interference")]
+    load_only: bool,
+    /// Also measure specdec with throughput batching (`--batching
+    /// throughput`: passes hold every slot's rows, not only as many as stay
+    /// bit-identical) in the load runs and the prefill interference.
+    #[arg(long)]
+    throughput_batching: bool,
+    /// Size of the long prompt of `--prefill-interference`, in tokens
+    /// (estimated from its characters; the report gives the server's count).
+    #[arg(long, default_value_t = interference::DEFAULT_LONG_PROMPT_TOKENS, requires = "prefill_interference")]
+    long_prompt_tokens: u32,
     /// CPU threads per evaluation for both servers (default: all cores).
     #[arg(long)]
     threads: Option<u32>,
@@ -114,7 +135,8 @@ struct Args {
     /// Where reports go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Name of the report files (default: `quick` or `full`, plus `-gpu` with GPU layers).
+    /// Name of the report files (default: `quick`, `full` or
+    /// `prefill-interference`, plus `-gpu` with GPU layers).
     #[arg(long)]
     name: Option<String>,
 }
@@ -143,7 +165,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .round(jiff::Unit::Second)?
         .to_string();
     let per_language = args.per_language.unwrap_or(if args.quick { 1 } else { 3 });
-    let max_tokens = args.max_tokens.unwrap_or(if args.quick { 40 } else { 128 });
+    let prefill_interference = args.prefill_interference;
+    let max_tokens = args.max_tokens.unwrap_or(if prefill_interference {
+        interference::DEFAULT_STREAM_TOKENS
+    } else if args.quick {
+        40
+    } else {
+        128
+    });
     let languages: Vec<String> = if args.languages.is_empty() {
         corpus::LANGUAGES.iter().map(|s| s.to_string()).collect()
     } else {
@@ -158,7 +187,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let slots = args.concurrency.iter().copied().max().unwrap_or(1).max(1);
+    // The load levels measured; the prefill interference has none.
+    let load_levels: &[usize] = if prefill_interference {
+        &[]
+    } else {
+        &args.concurrency
+    };
+    let (slots, context) = if prefill_interference {
+        (
+            interference::SLOTS,
+            interference::context_for(args.context, args.long_prompt_tokens),
+        )
+    } else {
+        (
+            args.concurrency.iter().copied().max().unwrap_or(1).max(1),
+            args.context,
+        )
+    };
     let language_refs: Vec<&str> = languages.iter().map(String::as_str).collect();
     let paragraphs = match &args.prompts {
         Some(path) => read_prompts(path, &language_refs, per_language)?,
@@ -207,7 +252,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         drafter: model_dir.join(&args.drafter_file),
         threads,
         slots,
-        context: args.context,
+        context,
         draft_max,
         gpu_layers: args.gpu_layers,
     };
@@ -226,27 +271,57 @@ async fn run(args: Args) -> anyhow::Result<()> {
         v
     };
     let registry = servers::registry(&settings, &iso);
-    let specdec = servers::start_specdec("specdec", specdec_bin, &registry, &settings, &work_dir)?;
-    let native = match &args.native_specdec {
+    let specdec = servers::start_specdec(
+        "specdec",
+        specdec_bin,
+        &registry,
+        &settings,
+        "exact",
+        &work_dir,
+    )?;
+    let specdec_throughput = if args.throughput_batching {
+        Some(servers::start_specdec(
+            "specdec-throughput",
+            specdec_bin,
+            &registry,
+            &settings,
+            "throughput",
+            &work_dir,
+        )?)
+    } else {
+        None
+    };
+    let native = match args
+        .native_specdec
+        .as_ref()
+        .filter(|_| !prefill_interference)
+    {
         Some(binary) => Some(servers::start_specdec(
             "specdec-native",
             binary,
             &registry,
             &settings,
+            "exact",
             &work_dir,
         )?),
         None => None,
     };
-    let (llama, llama_draft) = match &args.llama_server {
-        Some(binary) => (
-            Some(servers::start_llama_server(
-                binary, &settings, false, &work_dir,
-            )?),
-            Some(servers::start_llama_server(
-                binary, &settings, true, &work_dir,
-            )?),
-        ),
-        None => (None, None),
+    let llama = match &args.llama_server {
+        Some(binary) => Some(servers::start_llama_server(
+            binary, &settings, false, &work_dir,
+        )?),
+        None => None,
+    };
+    // The prefill interference measures llama-server without its drafter only.
+    let llama_draft = match args
+        .llama_server
+        .as_ref()
+        .filter(|_| !prefill_interference && !args.load_only)
+    {
+        Some(binary) => Some(servers::start_llama_server(
+            binary, &settings, true, &work_dir,
+        )?),
+        None => None,
     };
     // Modes of servers that do not run are never measured.
     let server_of = |kind: ServerKind| -> &Server {
@@ -258,18 +333,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let modes = modes::modes(
-        &args.fixed_lengths,
-        draft_max,
-        native.is_some(),
-        llama.is_some(),
-    );
+    let modes = if prefill_interference {
+        Vec::new()
+    } else {
+        modes::modes(
+            &args.fixed_lengths,
+            draft_max,
+            native.is_some(),
+            llama.is_some(),
+        )
+    };
     // A fresh connection per request: llama-server may close idle ones.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
     let mut specdec_kernels = Vec::new();
-    for server in std::iter::once(&specdec).chain(native.as_ref()) {
+    for server in std::iter::once(&specdec)
+        .chain(specdec_throughput.as_ref())
+        .chain(native.as_ref())
+    {
         let metrics = client
             .get(format!("{}/metrics", server.base_url))
             .send()
@@ -282,6 +364,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // One unmeasured request per server warms caches and threads.
     for server in std::iter::once(&specdec)
+        .chain(specdec_throughput.as_ref())
         .chain(llama.as_ref())
         .chain(llama_draft.as_ref())
         .chain(native.as_ref())
@@ -300,8 +383,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("warm-up of {}:\n{}", server.name, server.log_tail()))?;
     }
 
-    let plan: Vec<(Task, f32)> = args
-        .tasks
+    let tasks: &[Task] = if prefill_interference || args.load_only {
+        &[]
+    } else {
+        &args.tasks
+    };
+    let plan: Vec<(Task, f32)> = tasks
         .iter()
         .flat_map(|&task| {
             let temperatures = match task {
@@ -376,9 +463,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // llama-server's drafting is left out of the load runs: on CPU it is
     // far slower than its plain decoding (see the per-language tables).
     for (name, server, fields) in std::iter::once(("specdec (adaptive)", &specdec, true))
+        .chain(
+            specdec_throughput
+                .as_ref()
+                .map(|s| ("specdec (adaptive, throughput batching)", s, true)),
+        )
         .chain(llama.as_ref().map(|l| ("llama-server", l, false)))
     {
-        for &concurrency in &args.concurrency {
+        for &concurrency in load_levels {
             let result = load_run(
                 &client,
                 server,
@@ -398,7 +490,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
             load.push(result);
         }
     }
-    drop((specdec, native, llama, llama_draft));
+    let mut prefill = Vec::new();
+    if prefill_interference {
+        let paragraph = interference::stream_paragraph(&paragraphs)
+            .context("no paragraph to stream a translation of")?;
+        let long_prompt = interference::long_prompt(&paragraphs, args.long_prompt_tokens)?;
+        let greedy = Sampling {
+            temperature: 0.0,
+            seed: 0,
+        };
+        for (name, server, specdec_fields) in
+            std::iter::once(("specdec (adaptive)", &specdec, true))
+                .chain(
+                    specdec_throughput
+                        .as_ref()
+                        .map(|s| ("specdec (adaptive, throughput batching)", s, true)),
+                )
+                .chain(llama.as_ref().map(|l| ("llama-server", l, false)))
+        {
+            let stream_body = chat_body(
+                &Task::Translate.prompt(paragraph),
+                max_tokens,
+                greedy,
+                &request_fields(specdec_fields, Some(&paragraph.iso639_1)),
+            );
+            // specdec routes the long prompt by its language, as any request.
+            let long_body = chat_body(
+                &long_prompt,
+                interference::LONG_MAX_TOKENS,
+                greedy,
+                &request_fields(specdec_fields, None),
+            );
+            let result =
+                interference::measure(&client, server, name, &stream_body, &long_body).await?;
+            tracing::info!(
+                server = name,
+                baseline_p95_ms = result.baseline.p95_ms,
+                prefill_p95_ms = result.during_prefill.p95_ms,
+                gaps = result.during_prefill.gaps,
+                prefill_s = result.prefill_s,
+                long_prompt_tokens = result.long_prompt_tokens,
+                "prefill interference"
+            );
+            prefill.push(result);
+        }
+    }
+    drop((specdec, specdec_throughput, native, llama, llama_draft));
 
     let summaries = report::summarize(&runs, &modes, &languages, &plan);
     let report = Report {
@@ -417,17 +554,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
             draft_max,
             threads,
             gpu_layers: args.gpu_layers,
-            concurrency: args.concurrency.clone(),
+            concurrency: load_levels.to_vec(),
             repeat: args.repeat,
         },
         modes,
         languages,
         summaries,
         load,
+        prefill_interference: prefill,
         runs,
     };
     let name = args.name.clone().unwrap_or_else(|| {
-        let base = if args.quick { "quick" } else { "full" };
+        let base = if prefill_interference {
+            "prefill-interference"
+        } else if args.load_only {
+            "load"
+        } else if args.quick {
+            "quick"
+        } else {
+            "full"
+        };
         if args.gpu_layers > 0 {
             format!("{base}-gpu")
         } else {
@@ -440,15 +586,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let png_path = args.out.join(format!("{name}.png"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
     std::fs::write(&md_path, report::markdown(&report))?;
-    report::chart(&report, &args.font, &png_path)?;
+    let mut written = vec![
+        json_path.display().to_string(),
+        md_path.display().to_string(),
+    ];
+    // The prefill interference alone has no chart.
+    if !report::charts(&report).is_empty() {
+        report::chart(&report, &args.font, &png_path)?;
+        written.push(png_path.display().to_string());
+    }
     println!("{}", report::markdown(&report));
-    eprintln!(
-        "wrote {}, {} and {} in {:.0} s",
-        json_path.display(),
-        md_path.display(),
-        png_path.display(),
-        report.duration_s
-    );
+    eprintln!("wrote {} in {:.0} s", written.join(", "), report.duration_s);
     Ok(())
 }
 
@@ -467,12 +615,6 @@ async fn load_run(
     let queue: Vec<serde_json::Value> = (0..requests)
         .map(|i| {
             let p = &paragraphs[i % paragraphs.len()];
-            let mut fields = serde_json::Map::new();
-            if specdec_fields {
-                fields.insert("language".into(), p.iso639_1.clone().into());
-            } else {
-                fields.insert("cache_prompt".into(), false.into());
-            }
             chat_body(
                 &Task::Translate.prompt(p),
                 max_tokens,
@@ -480,7 +622,7 @@ async fn load_run(
                     temperature: 0.0,
                     seed: i as u64,
                 },
-                &fields,
+                &request_fields(specdec_fields, Some(&p.iso639_1)),
             )
         })
         .collect();
@@ -518,6 +660,24 @@ async fn load_run(
         p50_ms: report::percentile(&latencies, 50.0),
         p95_ms: report::percentile(&latencies, 95.0),
     })
+}
+
+/// The fields a request adds for its server: for specdec, the `language`
+/// that routes it (when given); for llama-server, its prompt cache turned
+/// off (specdec has none, and the benchmark sends prompts several times).
+fn request_fields(
+    specdec: bool,
+    language: Option<&str>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    if specdec {
+        if let Some(language) = language {
+            fields.insert("language".into(), language.into());
+        }
+    } else {
+        fields.insert("cache_prompt".into(), false.into());
+    }
+    fields
 }
 
 /// The paragraphs of `languages` in an exported prompt file, at most

@@ -1,5 +1,6 @@
 //! Results: every request measured, summaries per language, mode and
-//! temperature, the load runs, and their rendering as JSON, Markdown and PNG.
+//! temperature, the load runs, the prefill interference, and their rendering
+//! as JSON, Markdown and PNG.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chart::{BarChart, Series};
 use crate::client::Measurement;
+use crate::interference::{PrefillInterference, LEAD_EVENTS, P95_RATIO_LIMIT};
 use crate::modes::{Drafting, Mode};
 use crate::tasks::Task;
 
@@ -251,6 +253,9 @@ pub struct Report {
     pub summaries: Vec<Summary>,
     /// The load runs.
     pub load: Vec<LoadResult>,
+    /// The prefill-interference measurement, per server (`--prefill-interference`).
+    #[serde(default)]
+    pub prefill_interference: Vec<PrefillInterference>,
     /// Every request.
     pub runs: Vec<Run>,
 }
@@ -565,12 +570,15 @@ pub fn markdown(report: &Report) -> String {
         "# specdec benchmark{}\n",
         if s.quick { " (quick)" } else { "" }
     );
-    let plan = s
+    let mut plan = s
         .plan
         .iter()
         .map(|(task, t)| format!("{} {}", task.name(), temperature_label(*t)))
         .collect::<Vec<_>>()
         .join(", ");
+    if plan.is_empty() {
+        plan = "none".into();
+    }
     let _ = writeln!(
         md,
         "- started {} · {:.0} s · commit `{}`\n- machine: {} ({} cores, {:.0} GiB){} · kernel {}\n- llama-server: {}\n- {} paragraph(s) per language from the Debian Reference; tasks: {}; at most {} tokens, {} thread(s), draft length {} (fixed lengths {:?}), {} GPU layer(s){}\n",
@@ -686,6 +694,19 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(md);
     }
     let checks = checks(&report.summaries, &report.modes);
+    if !checks.is_empty() {
+        checks_markdown(&mut md, &checks);
+    }
+    if !report.load.is_empty() {
+        load_markdown(&mut md, &report.load);
+    }
+    if !report.prefill_interference.is_empty() {
+        prefill_interference_markdown(&mut md, &report.prefill_interference);
+    }
+    md
+}
+
+fn checks_markdown(md: &mut String, checks: &[Check]) {
     let _ = writeln!(md, "## Adaptive drafting: checks\n");
     let _ = writeln!(
         md,
@@ -694,7 +715,7 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(md, "| task | language | sampling | adaptive / target | adaptive / llama-server -md | best other specdec config | adaptive / best (if best > 1×) | pass |");
     let _ = writeln!(md, "|---|---|---|---:|---:|---|---:|---|");
-    for c in &checks {
+    for c in checks {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {:.3} | {} | {} ({:.2}×) | {} | {} |",
@@ -711,32 +732,85 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     let _ = writeln!(md);
-    if !report.load.is_empty() {
+}
+
+fn load_markdown(md: &mut String, load: &[LoadResult]) {
+    let _ = writeln!(
+        md,
+        "## Load: concurrent clients, greedy, same number of parallel slots\n"
+    );
+    let _ = writeln!(
+        md,
+        "| server | clients | requests | tokens | aggregate tokens/s | p50 ms | p95 ms |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for l in load {
         let _ = writeln!(
             md,
-            "## Load: concurrent clients, greedy, same number of parallel slots\n"
+            "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} |",
+            l.server,
+            l.concurrency,
+            l.requests,
+            l.tokens,
+            l.aggregate_tokens_per_second,
+            l.p50_ms,
+            l.p95_ms
         );
+    }
+    let _ = writeln!(md);
+}
+
+fn prefill_interference_markdown(md: &mut String, results: &[PrefillInterference]) {
+    let _ = writeln!(
+        md,
+        "## Prefill interference: a streamed request while a long prompt is read\n"
+    );
+    let _ = writeln!(
+        md,
+        "Gaps between the stream's events with text (an event may hold several tokens; tokens per event alone / beside), alone and while a second request's long prompt is read: from sending it, after the stream's first {LEAD_EVENTS} events, to its first text. The p95 during the prefill must stay within {P95_RATIO_LIMIT}× the p95 alone.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| server | alone p50 ms | alone p95 ms | prefill p50 ms | prefill p95 ms | prefill max ms | gaps in prefill | p95 ratio | within {P95_RATIO_LIMIT}× | prefill s | long prompt tokens | tokens/event |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+    );
+    for r in results {
         let _ = writeln!(
             md,
-            "| server | clients | requests | tokens | aggregate tokens/s | p50 ms | p95 ms |"
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.2} | {} | {:.2} / {:.2} |",
+            r.server,
+            r.baseline.p50_ms,
+            r.baseline.p95_ms,
+            r.during_prefill.p50_ms,
+            r.during_prefill.p95_ms,
+            r.during_prefill.max_ms,
+            r.during_prefill.gaps,
+            r.p95_ratio.map_or("–".into(), |v| format!("{v:.2}×")),
+            match r.within_limit {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            },
+            r.prefill_s,
+            r.long_prompt_tokens,
+            r.baseline_tokens_per_event,
+            r.stream_tokens_per_event,
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
-        for l in &report.load {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} |",
-                l.server,
-                l.concurrency,
-                l.requests,
-                l.tokens,
-                l.aggregate_tokens_per_second,
-                l.p50_ms,
-                l.p95_ms
-            );
-        }
+    }
+    let _ = writeln!(md);
+    for r in results.iter().filter(|r| !r.stream_outlasted_prefill) {
+        let _ = writeln!(
+            md,
+            "- {}: the stream ended before the prefill did; its gaps after the long prompt was sent are all in the window.",
+            r.server
+        );
+    }
+    if results.iter().any(|r| !r.stream_outlasted_prefill) {
         let _ = writeln!(md);
     }
-    md
 }
 
 /// Draw [`charts`] of `report` into the PNG at `path`.
@@ -891,6 +965,7 @@ mod tests {
             languages,
             summaries,
             load: vec![],
+            prefill_interference: vec![],
             runs: vec![],
         }
     }
@@ -1140,6 +1215,59 @@ mod tests {
         assert!(parse_repeat("0").unwrap_err().contains("at least 1"));
         assert!(parse_repeat("-1").is_err());
         assert!(parse_repeat("three").is_err());
+    }
+
+    #[test]
+    fn prefill_interference_alone_has_its_table_and_no_other() {
+        use crate::interference::TimedStream;
+        let alone = TimedStream {
+            arrivals_ms: vec![0.0, 10.0, 20.0, 30.0],
+            tokens: 8,
+        };
+        let beside = TimedStream {
+            arrivals_ms: vec![0.0, 10.0, 20.0, 30.0, 530.0, 540.0],
+            tokens: 6,
+        };
+        let specdec =
+            PrefillInterference::new("specdec (adaptive)", &alone, &beside, (35.0, 535.0), 3012);
+        let early = TimedStream {
+            arrivals_ms: vec![0.0, 10.0, 20.0, 30.0],
+            tokens: 4,
+        };
+        let llama = PrefillInterference::new("llama-server", &alone, &early, (35.0, 2035.0), 2990);
+        let mut report = report_of(vec![], vec!["de".into()], vec![], vec![]);
+        report.prefill_interference = vec![specdec, llama];
+        let md = markdown(&report);
+        assert!(md.contains("tasks: none"), "{md}");
+        assert!(!md.contains("## Adaptive drafting: checks"), "{md}");
+        assert!(!md.contains("## Load"), "{md}");
+        assert!(md.contains("## Prefill interference"), "{md}");
+        assert!(
+            md.contains("| specdec (adaptive) | 10.0 | 10.0 | 10.0 | 500.0 | 500.0 | 2 | 50.00× | **no** | 0.50 | 3012 | 2.00 / 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| llama-server | 10.0 | 10.0 | 0.0 | 0.0 | 0.0 | 0 | – | – | 2.00 | 2990 | 2.00 / 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- llama-server: the stream ended before the prefill did"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("- specdec (adaptive): the stream ended"),
+            "{md}"
+        );
+        assert!(charts(&report).is_empty(), "no chart to draw");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["prefill_interference"][0]["during_prefill"]["gaps"], 2);
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("prefill_interference");
+        let read: Report = serde_json::from_value(old).unwrap();
+        assert!(
+            read.prefill_interference.is_empty(),
+            "reports from before still read"
+        );
     }
 
     #[test]

@@ -109,12 +109,14 @@ pub fn registry(settings: &ServerSettings, languages: &[String]) -> RegistryConf
     }
 }
 
-/// Start `specdec serve` with `registry`; `name` names its log and registry file.
+/// Start `specdec serve` with `registry` and `batching` (`exact` or
+/// `throughput`); `name` names its log and registry file.
 pub fn start_specdec(
     name: &str,
     binary: &Path,
     registry: &RegistryConfig,
     settings: &ServerSettings,
+    batching: &str,
     work_dir: &Path,
 ) -> anyhow::Result<Server> {
     let registry_path = work_dir.join(format!("{name}-registry.yaml"));
@@ -129,6 +131,7 @@ pub fn start_specdec(
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--model-name", MODEL_NAME])
         .args(["--slots", &settings.slots.to_string()])
+        .args(["--batching", batching])
         .args(["--max-waiting", "64"])
         .args(["--threads", &settings.threads.to_string()]);
     spawn(name, command, port, "/readyz", work_dir)
@@ -199,6 +202,10 @@ pub fn describe_kernels(metrics: &str) -> String {
             ));
         } else if let Some(n) = line.strip_prefix("specdec_verify_batch_max_tokens ") {
             parts.push(format!("verification passes of up to {n} tokens"));
+        } else if let Some(n) = line.strip_prefix("specdec_shared_pass_max_rows ") {
+            parts.push(format!("passes shared by slots of up to {n} rows"));
+        } else if let Some(n) = line.strip_prefix("specdec_prompt_piece_tokens ") {
+            parts.push(format!("prompt pieces of {n} tokens beside decoding slots"));
         }
     }
     parts.join("; ")

@@ -15,10 +15,11 @@ use crate::speculative::sampling::{self, SamplingParams};
 
 use super::error::EngineError;
 use super::exactness;
-use super::load::{LoadedDrafter, Slot};
-use super::pass::{decode_chunked, decode_timed, ms, truncate_kv, SamplingCosts};
+use super::load::{Contexts, LoadedDrafter};
+use super::pass::KvLayout;
+use super::pass::{decode_chunked, decode_timed, ms, truncate_kv, SamplingCosts, PROMPT_CHUNK};
 use super::runtime::RuntimeInfo;
-use super::{CalibratedCosts, EngineConfig, Verification, MAX_VERIFY_BATCH};
+use super::{Batching, CalibratedCosts, EngineConfig, Verification, MAX_VERIFY_BATCH};
 
 /// How many tokens a verification pass may hold on this machine. On CPU it
 /// is the pass size measured exact on the loaded target (see
@@ -30,38 +31,98 @@ pub(super) fn verification_limit(
     runtime: &RuntimeInfo,
     target: &LlamaModel,
     drafters: &[LoadedDrafter],
-    slot: &mut Slot,
+    contexts: &mut Contexts,
 ) -> Result<Verification, EngineError> {
-    if drafters.is_empty() {
+    let slots = config.slots.max(1);
+    let target_on_gpu = target_on_gpu(config, runtime);
+    // Nothing is verified and no pass is shared: nothing to measure.
+    if drafters.is_empty() && slots == 1 {
         return Ok(Verification {
             max_verify_batch: 1,
+            shared_pass_rows: 1,
+            prompt_granularity: PROMPT_CHUNK,
             exactness: None,
-            target_on_gpu: false,
+            target_on_gpu,
+            batching: config.batching,
         });
     }
     let cap = MAX_VERIFY_BATCH;
-    let target_on_gpu = config.target.gpu_layers > 0 && runtime.has_gpu;
-    let measured = exactness::measure(target, &mut slot.target, &mut slot.batch, cap)?;
-    let max_verify_batch = if target_on_gpu {
-        cap
+    let measured = exactness::measure(
+        target,
+        &mut contexts.target,
+        &mut contexts.batch,
+        cap,
+        slots,
+    )?;
+    let (max_verify_batch, shared_pass_rows, prompt_granularity) = if target_on_gpu {
+        // On a GPU passes are batched freely (see `Verification`).
+        (cap, slots * cap, GPU_PROMPT_GRANULARITY)
+    } else if config.batching == Batching::Throughput {
+        (cap, slots * cap, CPU_THROUGHPUT_PROMPT_PIECE)
     } else {
-        measured.exact_tokens
+        let granularity = if slots > 1 {
+            exactness::prompt_granularity(target, &mut contexts.target, &mut contexts.batch)?
+        } else {
+            PROMPT_CHUNK
+        };
+        (
+            measured.exact_tokens,
+            measured.exact_sequences.min(measured.exact_tokens).max(1),
+            granularity,
+        )
     };
     tracing::info!(
         exact_tokens = measured.exact_tokens,
+        exact_sequences = measured.exact_sequences,
         tried_up_to = measured.tried_up_to,
         first_inexact = ?measured.first_inexact,
         took_ms = measured.took_ms,
         max_verify_batch,
+        shared_pass_rows,
+        prompt_granularity,
         target_on_gpu,
-        "measured the largest target pass with logits bit-identical to single-token decoding"
+        batching = ?config.batching,
+        "measured the largest target passes with logits bit-identical to single-token decoding"
     );
     Ok(Verification {
-        max_verify_batch,
+        max_verify_batch: if drafters.is_empty() {
+            1
+        } else {
+            max_verify_batch
+        },
+        shared_pass_rows,
+        prompt_granularity,
         exactness: Some(measured),
         target_on_gpu,
+        batching: config.batching,
     })
 }
+
+/// Whether llama.cpp runs the target on a GPU.
+pub(super) fn target_on_gpu(config: &EngineConfig, runtime: &RuntimeInfo) -> bool {
+    config.target.gpu_layers > 0 && runtime.has_gpu
+}
+
+/// How the contexts hold the slots' sequences: a KV stream each where a
+/// sequence's passes must compute what they would alone (exact batching on
+/// CPU), else one cache, so that llama.cpp computes any pass in one go.
+pub(super) fn kv_layout(config: &EngineConfig, runtime: &RuntimeInfo) -> KvLayout {
+    if config.batching == Batching::Exact && !target_on_gpu(config, runtime) {
+        KvLayout::Streams
+    } else {
+        KvLayout::Unified
+    }
+}
+
+/// Prompt tokens per piece with throughput batching on CPU: about what a
+/// step of the other slots costs, so that reading a long prompt beside them
+/// slows their tokens down by about half.
+const CPU_THROUGHPUT_PROMPT_PIECE: usize = 4;
+
+/// Prompt tokens per piece on a GPU, where passes are not held to bitwise
+/// equality: small enough that a long prompt read beside decoding slots
+/// delays them little, large enough to keep the device busy.
+const GPU_PROMPT_GRANULARITY: usize = 128;
 
 /// Pass sizes measured at start-up: every size up to 16 (the verification
 /// cost curve) and the largest a round may verify; sizes in between are
@@ -99,7 +160,7 @@ pub(super) struct Calibration {
 pub(super) fn calibrate(
     target: &LlamaModel,
     drafters: &[LoadedDrafter],
-    slot: &mut Slot,
+    contexts: &mut Contexts,
     max_verify_batch: usize,
 ) -> Result<Calibration, EngineError> {
     if drafters.is_empty() {
@@ -129,19 +190,24 @@ pub(super) fn calibrate(
     }
     let start = prefix.len();
     let probe: Vec<u32> = prefix.iter().cycle().take(largest).copied().collect();
-    slot.target.clear_kv_cache();
-    decode_chunked(&mut slot.target, &mut slot.batch, &prefix, 0)?;
-    for ctx in &mut slot.drafters {
+    contexts.target.clear_kv_cache();
+    decode_chunked(&mut contexts.target, &mut contexts.batch, 0, &prefix, 0)?;
+    for ctx in &mut contexts.drafters {
         ctx.clear_kv_cache();
-        decode_chunked(ctx, &mut slot.batch, &prefix, 0)?;
+        decode_chunked(ctx, &mut contexts.batch, 0, &prefix, 0)?;
     }
     let sizes = calibration_sizes(largest);
     // A first pass of each context warms caches and threads up; the
     // target's logits serve to time sampling one position.
-    time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
-    let logits = slot.target.get_logits_ith(0).to_vec();
-    for ctx in &mut slot.drafters {
-        time_draft_step(ctx, &mut slot.batch, probe[0], start)?;
+    time_pass(
+        &mut contexts.target,
+        &mut contexts.batch,
+        &probe[..1],
+        start,
+    )?;
+    let logits = contexts.target.get_logits_ith(0).to_vec();
+    for ctx in &mut contexts.drafters {
+        time_draft_step(ctx, &mut contexts.batch, probe[0], start)?;
     }
     // Each larger pass and each draft step is timed right after a
     // one-token target pass, and costs what the median pair says relative
@@ -149,23 +215,43 @@ pub(super) fn calibrate(
     // pair alike, where it would skew times taken apart.
     let mut unit = f64::INFINITY;
     let mut pass_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); sizes.len()];
-    let mut step_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); slot.drafters.len()];
+    let mut step_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); contexts.drafters.len()];
     for _ in 0..CALIBRATION_PAIRS {
         for (&n, ratios) in sizes.iter().zip(&mut pass_ratios).filter(|(n, _)| **n > 1) {
-            let one = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
-            let pass = time_pass(&mut slot.target, &mut slot.batch, &probe[..n], start)?;
+            let one = time_pass(
+                &mut contexts.target,
+                &mut contexts.batch,
+                &probe[..1],
+                start,
+            )?;
+            let pass = time_pass(
+                &mut contexts.target,
+                &mut contexts.batch,
+                &probe[..n],
+                start,
+            )?;
             unit = unit.min(one);
             ratios.push(pass / one);
         }
-        for (ctx, ratios) in slot.drafters.iter_mut().zip(&mut step_ratios) {
-            let one = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
-            let step = time_draft_step(ctx, &mut slot.batch, probe[0], start)?;
+        for (ctx, ratios) in contexts.drafters.iter_mut().zip(&mut step_ratios) {
+            let one = time_pass(
+                &mut contexts.target,
+                &mut contexts.batch,
+                &probe[..1],
+                start,
+            )?;
+            let step = time_draft_step(ctx, &mut contexts.batch, probe[0], start)?;
             unit = unit.min(one);
             ratios.push(step / one);
         }
     }
     if !unit.is_finite() {
-        unit = time_pass(&mut slot.target, &mut slot.batch, &probe[..1], start)?;
+        unit = time_pass(
+            &mut contexts.target,
+            &mut contexts.batch,
+            &probe[..1],
+            start,
+        )?;
     }
     let passes: Vec<(usize, f64)> = sizes
         .iter()
@@ -176,7 +262,7 @@ pub(super) fn calibrate(
         .iter_mut()
         .map(|ratios| unit * median(ratios))
         .collect();
-    for ctx in &mut slot.drafters {
+    for ctx in &mut contexts.drafters {
         ctx.clear_kv_cache();
     }
     let sampling = SamplingCosts {
@@ -191,7 +277,7 @@ pub(super) fn calibrate(
             )
         }),
     };
-    slot.target.clear_kv_cache();
+    contexts.target.clear_kv_cache();
     let mut costs = Vec::with_capacity(drafters.len());
     for d in drafters {
         let step = d
@@ -232,8 +318,8 @@ pub(super) fn time_pass(
     tokens: &[u32],
     start: usize,
 ) -> Result<f64, EngineError> {
-    let elapsed = decode_timed(ctx, batch, tokens, start, true)?;
-    truncate_kv(ctx, start)?;
+    let elapsed = decode_timed(ctx, batch, 0, tokens, start, true)?;
+    truncate_kv(ctx, 0, start)?;
     Ok(elapsed)
 }
 
@@ -246,10 +332,10 @@ pub(super) fn time_draft_step(
     start: usize,
 ) -> Result<f64, EngineError> {
     let started = Instant::now();
-    decode_timed(ctx, batch, &[token], start, false)?;
+    decode_timed(ctx, batch, 0, &[token], start, false)?;
     std::hint::black_box(sampling::argmax(ctx.get_logits_ith(0)));
     let elapsed = ms(started);
-    truncate_kv(ctx, start)?;
+    truncate_kv(ctx, 0, start)?;
     Ok(elapsed)
 }
 

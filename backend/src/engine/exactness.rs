@@ -20,7 +20,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
 use super::error::EngineError;
-use super::pass::{decode, decode_chunked, ms, truncate_kv};
+use super::pass::{decode, decode_chunked, decode_rows, ms, truncate_kv, Row, PROMPT_CHUNK};
 
 /// Tokens of context before the probed positions. With the quantized KV
 /// cache specdec uses on CPU (see `BATCH_INVARIANT_KV`), ggml's attention
@@ -45,6 +45,11 @@ pub struct Exactness {
     /// The first size that differed and the largest absolute logit
     /// difference it showed, if any differed.
     pub first_inexact: Option<(usize, f32)>,
+    /// Of `exact_tokens`, how many rows of different sequences one pass may
+    /// hold with each row's logits still equal to its single-token
+    /// decoding (the limit of a pass shared by slots; at most
+    /// `exact_tokens`, and 1 with a single slot).
+    pub exact_sequences: usize,
     /// Milliseconds the measurement took.
     pub took_ms: f64,
 }
@@ -90,13 +95,14 @@ pub fn search(
     Ok((exact, None))
 }
 
-/// Measure on `ctx` (a context of `model`; its KV cache is cleared before
-/// and after) for pass sizes up to `cap`.
+/// Measure on `ctx` (a context of `model` holding `sequences` sequences;
+/// its KV cache is cleared before and after) for pass sizes up to `cap`.
 pub(super) fn measure(
     model: &LlamaModel,
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
     cap: usize,
+    sequences: usize,
 ) -> Result<Exactness, EngineError> {
     let started = Instant::now();
     let cap = cap.max(1);
@@ -127,7 +133,7 @@ pub(super) fn measure(
     let probed = &tokens[prefix..];
 
     ctx.clear_kv_cache();
-    decode_chunked(ctx, batch, &tokens[..prefix], 0)?;
+    decode_chunked(ctx, batch, 0, &tokens[..prefix], 0)?;
     // The references: each probed token evaluated alone, in order. Computed
     // lazily, as the search stops at the first inexact size (on CPU a
     // handful of tokens), and recomputed from the prefix when more are
@@ -136,15 +142,15 @@ pub(super) fn measure(
     let (exact_tokens, first_inexact) = search(cap, |n| {
         if single.len() < n {
             let want = n.max(FIRST_REFERENCES).max(2 * single.len()).min(cap);
-            truncate_kv(ctx, prefix)?;
+            truncate_kv(ctx, 0, prefix)?;
             single.clear();
             for (i, &t) in probed[..want].iter().enumerate() {
-                decode(ctx, batch, &[t], prefix + i, true)?;
+                decode(ctx, batch, 0, &[t], prefix + i, true)?;
                 single.push(ctx.get_logits_ith(0).to_vec());
             }
         }
-        truncate_kv(ctx, prefix)?;
-        decode(ctx, batch, &probed[..n], prefix, true)?;
+        truncate_kv(ctx, 0, prefix)?;
+        decode(ctx, batch, 0, &probed[..n], prefix, true)?;
         let mut worst: Option<f32> = None;
         for (i, reference) in single.iter().enumerate().take(n) {
             if let Some(d) = logit_difference(ctx.get_logits_ith(i as i32), reference) {
@@ -153,13 +159,123 @@ pub(super) fn measure(
         }
         Ok(worst)
     })?;
+    // Rows of different sequences in one pass: every sequence holds the
+    // same prefix, each evaluates the first probed token, and each row must
+    // equal that token evaluated alone.
+    truncate_kv(ctx, 0, prefix)?;
+    let most = sequences.min(exact_tokens).max(1);
+    for seq in 1..most as i32 {
+        truncate_kv(ctx, seq, 0)?;
+        ctx.copy_kv_cache_seq(0, seq, None, None)
+            .map_err(|e| EngineError::Decode(format!("exactness probe: {e}")))?;
+    }
+    let (exact_sequences, _) = search(most, |n| {
+        let rows: Vec<Row> = (0..n as i32)
+            .map(|seq| Row {
+                seq,
+                token: probed[0],
+                position: prefix,
+                logits: true,
+            })
+            .collect();
+        decode_rows(ctx, batch, &rows)?;
+        let mut worst: Option<f32> = None;
+        for i in 0..n {
+            if let Some(d) = logit_difference(ctx.get_logits_ith(i as i32), &single[0]) {
+                worst = Some(worst.map_or(d, |w| w.max(d)));
+            }
+        }
+        for seq in 0..n as i32 {
+            truncate_kv(ctx, seq, prefix)?;
+        }
+        Ok(worst)
+    })?;
     ctx.clear_kv_cache();
     Ok(Exactness {
         exact_tokens,
         tried_up_to: cap,
         first_inexact,
+        exact_sequences,
         took_ms: ms(started),
     })
+}
+
+/// Tokens of the prompt the granularity probe reads.
+const GRANULARITY_PROMPT: usize = 64;
+
+/// Chunk sizes tried for reading a prompt piecewise, smallest first.
+const GRANULARITY_CANDIDATES: [usize; 3] = [8, 16, 32];
+
+/// The smallest chunk size `g` such that reading a prompt in passes of
+/// multiples of `g` tokens leaves the same cache as reading it in one pass
+/// (the next token's logits bit-identical), measured on `ctx` (cleared
+/// before and after); [`PROMPT_CHUNK`] if none of the candidates does.
+///
+/// ggml multiplies a pass's rows in tiles whose kernel depends on the row
+/// count, so a prompt read piecewise need not leave the bits one pass
+/// would; where whole tiles agree, a prompt may be read a few tiles per
+/// engine step while other slots decode, and the cache, and so the output,
+/// stays what reading it at once gives.
+pub(super) fn prompt_granularity(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+) -> Result<usize, EngineError> {
+    let text = "Die Übersetzung wird Satz für Satz geprüft, und jeder Satz bleibt, \
+                wie er war. La vérification garde le préfixe accepté. ";
+    let pattern: Vec<u32> = model
+        .vocab()
+        .tokenize(text.as_bytes(), false, false)
+        .into_iter()
+        .map(|t| t.0 as u32)
+        .collect();
+    if pattern.is_empty() {
+        return Err(EngineError::Decode(
+            "granularity probe: the target tokenizes no text".into(),
+        ));
+    }
+    let tokens: Vec<u32> = pattern
+        .iter()
+        .cycle()
+        .take(GRANULARITY_PROMPT + 1)
+        .copied()
+        .collect();
+    let (prompt, next) = tokens.split_at(GRANULARITY_PROMPT);
+    let mut read = |chunk: usize| -> Result<Vec<f32>, EngineError> {
+        ctx.clear_kv_cache();
+        for (i, piece) in prompt.chunks(chunk).enumerate() {
+            decode(ctx, batch, 0, piece, i * chunk, false)?;
+        }
+        decode(ctx, batch, 0, next, GRANULARITY_PROMPT, true)?;
+        Ok(ctx.get_logits_ith(0).to_vec())
+    };
+    let whole = read(GRANULARITY_PROMPT)?;
+    let mut found = PROMPT_CHUNK;
+    for g in GRANULARITY_CANDIDATES {
+        if logit_difference(&read(g)?, &whole).is_none() {
+            found = g;
+            break;
+        }
+    }
+    ctx.clear_kv_cache();
+    Ok(found)
+}
+
+/// The passes that read prompt tokens `from..to` of a prompt read from
+/// position 0 in passes of multiples of `granularity` (at most `most`
+/// tokens this step): a piece ending on a multiple of `granularity`, or the
+/// final remainder as a pass of its own, so that however many steps the
+/// reading takes, every pass covers the rows it would cover read at once.
+pub fn prompt_piece(from: usize, to: usize, granularity: usize, most: usize) -> usize {
+    let g = granularity.max(1);
+    let aligned_end = to / g * g;
+    if from >= aligned_end {
+        // The remainder, whole.
+        return to.saturating_sub(from);
+    }
+    // Whole tiles from `from` (itself on a tile boundary).
+    let budget = (most.max(g) / g) * g;
+    budget.min(aligned_end - from)
 }
 
 #[cfg(test)]
@@ -203,6 +319,27 @@ mod tests {
     fn everything_exact_reaches_the_cap() {
         assert_eq!(search(5, |_| Ok(None)).unwrap(), (5, None));
         assert_eq!(search(1, |_| Ok(Some(1.0))).unwrap(), (1, None));
+    }
+
+    #[test]
+    fn a_prompt_is_read_in_whole_tiles_then_its_remainder_alone() {
+        // 45 tokens, tiles of 8, 16 per step: 16, 16, 8, then the 5 left.
+        let mut at = 0;
+        let mut pieces = Vec::new();
+        while at < 45 {
+            let n = prompt_piece(at, 45, 8, 16);
+            pieces.push(n);
+            at += n;
+        }
+        assert_eq!(pieces, [16, 16, 8, 5]);
+        // Read at once: the aligned body in one pass, the remainder in another.
+        assert_eq!(prompt_piece(0, 45, 8, 512), 40);
+        assert_eq!(prompt_piece(40, 45, 8, 512), 5);
+        // A budget below a tile still reads a whole tile.
+        assert_eq!(prompt_piece(0, 45, 8, 3), 8);
+        // Shorter than a tile: one pass.
+        assert_eq!(prompt_piece(0, 5, 8, 512), 5);
+        assert_eq!(prompt_piece(5, 5, 8, 512), 0);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::Arc;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
@@ -13,11 +14,10 @@ use llama_cpp_2::model::LlamaModel;
 use crate::config::{DraftParams, DrafterKind};
 
 use super::error::EngineError;
-use super::pass::PROMPT_CHUNK;
+use super::pass::{KvLayout, PROMPT_CHUNK};
 use super::runtime::{backend, RuntimeInfo};
 use super::vocab::{check_compatible, VocabInfo};
-use super::worker::Sequence;
-use super::EngineConfig;
+use super::{EngineConfig, PassCounters};
 
 /// Whether contexts use a Q8_0 KV cache with flash attention. On CPU, ggml
 /// decodes a single token over an F16/F32 cache of 512 or more cells with a
@@ -143,15 +143,32 @@ fn refuse_unrollable(model: &LlamaModel, path: &Path, role: &str) -> Result<(), 
 fn new_context<'m>(
     model: &'m LlamaModel,
     name: &str,
-    context: u32,
-    threads: i32,
+    shape: ContextShape,
     batch_invariant: bool,
 ) -> Result<LlamaContext<'m>, EngineError> {
+    let ContextShape {
+        context,
+        sequences,
+        threads,
+        layout,
+    } = shape;
+    let total = context
+        .checked_mul(sequences)
+        .ok_or_else(|| EngineError::Context {
+            model: name.to_string(),
+            reason: format!("{sequences} slots of {context} tokens overflow the context size"),
+        })?;
+    // With a KV stream per sequence, a sequence's cells sit in position
+    // order whatever the other sequences do, so its attention sums in the
+    // order it would alone; a unified cache lets llama.cpp compute any
+    // pass at once (see `KvLayout`). Either way a sequence has a whole
+    // context.
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(context))
-        .with_n_batch(PROMPT_CHUNK as u32)
+        .with_n_ctx(NonZeroU32::new(total))
+        .with_n_batch(batch_capacity(sequences as usize) as u32)
         .with_n_ubatch(PROMPT_CHUNK as u32)
-        .with_n_seq_max(1)
+        .with_n_seq_max(sequences)
+        .with_kv_unified(layout == KvLayout::Unified)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     // Batch-invariant attention (see `batch_invariant_kv`): flash attention
@@ -173,14 +190,33 @@ fn new_context<'m>(
         })
 }
 
-/// One sequence's worth of llama.cpp state.
-pub(super) struct Slot<'m> {
+/// Rows one pass may hold: a prompt chunk, or one step's rows of every slot
+/// (a whole verification window each).
+pub(super) fn batch_capacity(slots: usize) -> usize {
+    PROMPT_CHUNK.max(slots.max(1) * (DraftParams::MAX_DRAFT as usize + 1))
+}
+
+/// How contexts are sized.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ContextShape {
+    /// Tokens per sequence.
+    pub(super) context: u32,
+    /// Sequences (slots).
+    pub(super) sequences: u32,
+    pub(super) threads: i32,
+    pub(super) layout: KvLayout,
+}
+
+/// The engine's llama.cpp contexts: one for the target and one per drafter
+/// model, each holding every slot's sequence (sequence id = slot index), so
+/// that one pass serves several slots.
+pub(super) struct Contexts<'m> {
     pub(super) target: LlamaContext<'m>,
-    /// One context per drafter model (drafters sharing a model share it: a
-    /// slot runs one sequence at a time, and one drafter per round).
+    /// One context per drafter model (drafters sharing a model share it).
     pub(super) drafters: Vec<LlamaContext<'m>>,
     pub(super) batch: LlamaBatch<'static>,
-    pub(super) sequence: Option<Sequence>,
+    /// Target passes served while generating, for metrics.
+    pub(super) target_passes: Arc<PassCounters>,
 }
 
 /// Which models' contexts take the batch-invariant KV cache (see
@@ -191,31 +227,37 @@ pub(super) struct Invariance {
     pub(super) drafters: Vec<bool>,
 }
 
-impl<'m> Slot<'m> {
+impl<'m> Contexts<'m> {
     pub(super) fn new(
         target: &'m LlamaModel,
         drafter_models: &'m [LlamaModel],
-        context: u32,
-        threads: i32,
+        shape: ContextShape,
         invariant: &Invariance,
+        target_passes: Arc<PassCounters>,
     ) -> Result<Self, EngineError> {
-        let target_ctx = new_context(target, "the target", context, threads, invariant.target)?;
+        let target_ctx = new_context(target, "the target", shape, invariant.target)?;
         let mut drafter_ctxs = Vec::with_capacity(drafter_models.len());
         for (i, model) in drafter_models.iter().enumerate() {
             drafter_ctxs.push(new_context(
                 model,
                 &format!("drafter model {i}"),
-                context,
-                threads,
+                shape,
                 invariant.drafters.get(i).copied().unwrap_or(true),
             )?);
         }
-        let capacity = PROMPT_CHUNK.max(DraftParams::MAX_DRAFT as usize + 1);
         Ok(Self {
             target: target_ctx,
             drafters: drafter_ctxs,
-            batch: LlamaBatch::new(capacity, 1),
-            sequence: None,
+            batch: LlamaBatch::new(batch_capacity(shape.sequences as usize), 1),
+            target_passes,
         })
+    }
+
+    /// Forget every sequence `seq` holds in every context.
+    pub(super) fn clear_sequence(&mut self, seq: i32) {
+        let _ = self.target.clear_kv_cache_seq(Some(seq as u32), None, None);
+        for ctx in &mut self.drafters {
+            let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+        }
     }
 }

@@ -39,8 +39,29 @@ pub struct EngineConfig {
     pub drafters: Vec<DrafterConfig>,
     /// CPU threads llama.cpp uses per evaluation.
     pub threads: u32,
-    /// Sequences generated concurrently (each with its own contexts).
+    /// Sequences generated concurrently (sharing the contexts, one sequence
+    /// id each, and the passes of every engine step).
     pub slots: usize,
+    /// How passes shared by slots are bounded.
+    pub batching: Batching,
+}
+
+/// How the engine bounds the passes that serve several slots at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    /// Every token a request gets is the token it gets served alone: on CPU
+    /// passes hold no more rows than measured bit-identical to single-token
+    /// decoding, prompts are read in pieces measured to leave the same
+    /// cache, and each sequence keeps a KV stream of its own. On a GPU,
+    /// passes are batched freely (see [`Verification`]).
+    #[default]
+    Exact,
+    /// Passes hold every slot's rows, as llama-server and vLLM batch: more
+    /// tokens per second under load on CPU, and greedy output equals the
+    /// target's up to floating-point rounding, which the batch's size and
+    /// company may change, as on a GPU.
+    Throughput,
 }
 
 /// The most tokens one target pass may verify: a whole draft of the longest
@@ -64,6 +85,7 @@ impl EngineConfig {
             drafters: Vec::new(),
             threads: default_threads(),
             slots: 1,
+            batching: Batching::default(),
         }
     }
 }
@@ -119,10 +141,21 @@ pub struct Verification {
     /// Most tokens in one target pass when verifying a draft; a longer draft
     /// is verified in several passes, stopping at a rejection.
     pub max_verify_batch: usize,
+    /// Most rows one target pass may hold when it serves several slots (on
+    /// CPU the rows of different sequences measured exact together; the
+    /// engine packs the slots' rows of a step into passes of at most this).
+    pub shared_pass_rows: usize,
+    /// Prompts are read in passes of multiples of this many tokens (then
+    /// their remainder alone), measured to leave the cache that reading at
+    /// once leaves; a prompt read beside decoding slots advances by one
+    /// such piece per engine step.
+    pub prompt_granularity: usize,
     /// What the start-up measurement found (none without drafters).
     pub exactness: Option<exactness::Exactness>,
     /// Whether the target runs on a GPU (drafts verified in one pass).
     pub target_on_gpu: bool,
+    /// The batching mode asked for.
+    pub batching: Batching,
 }
 
 /// The latest decision of adaptive drafting for one drafter and language.
@@ -167,6 +200,39 @@ pub struct BanditReport {
     pub rounds: u64,
 }
 
+/// Target passes the engine has run and the rows they held: their ratio is
+/// how many tokens a pass serves on average, which batching raises.
+#[derive(Debug, Default)]
+pub struct PassCounters {
+    passes: std::sync::atomic::AtomicU64,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+impl PassCounters {
+    /// Count one target pass of `rows` rows.
+    fn record(&self, rows: usize) {
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Target passes and rows so far.
+    pub fn totals(&self) -> PassTotals {
+        PassTotals {
+            passes: self.passes.load(Ordering::Relaxed),
+            rows: self.rows.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A reading of [`PassCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PassTotals {
+    /// Target passes run (prompt pieces and verification passes).
+    pub passes: u64,
+    /// Rows they held.
+    pub rows: u64,
+}
+
 /// Handle to a running engine. Cloning is cheap; the engine thread ends when
 /// the last handle is dropped and the requests in flight are done.
 #[derive(Clone)]
@@ -176,6 +242,7 @@ pub struct Engine {
     adaptive: Arc<Mutex<worker::AdaptiveReports>>,
     bandits: Arc<Mutex<worker::BanditReports>>,
     waiting: Arc<AtomicUsize>,
+    passes: Arc<PassCounters>,
     failure: Failure,
 }
 
@@ -228,6 +295,8 @@ impl Engine {
         let reports = Arc::clone(&adaptive);
         let bandit_reports = Arc::clone(&bandits);
         let waiting_gauge = Arc::clone(&waiting);
+        let passes = Arc::new(PassCounters::default());
+        let pass_counters = Arc::clone(&passes);
         let failure = Failure::default();
         let recorded = failure.clone();
         std::thread::Builder::new()
@@ -241,6 +310,7 @@ impl Engine {
                         reports,
                         bandit_reports,
                         waiting_gauge,
+                        pass_counters,
                     )
                 })
             })
@@ -267,6 +337,7 @@ impl Engine {
             adaptive,
             bandits,
             waiting,
+            passes,
             failure,
         })
     }
@@ -275,6 +346,11 @@ impl Engine {
     /// away are dropped from the queue every engine step).
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Target passes run so far and the rows they held.
+    pub fn pass_totals(&self) -> PassTotals {
+        self.passes.totals()
     }
 
     /// Why the engine can no longer serve (its thread panicked), if so.

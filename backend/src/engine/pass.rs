@@ -41,24 +41,47 @@ pub(super) fn timed(pass: &mut impl Pass) -> Result<f64, EngineError> {
     Ok(ms(started))
 }
 
-/// One llama.cpp decode of `tokens` at positions from `start`.
+/// A sequence's id in a context: the slot it is generated in. Every context
+/// holds one KV stream per slot, so a pass may mix rows of several slots.
+pub(super) type SeqId = i32;
+
+/// One row of a llama.cpp pass: `token` of sequence `seq` at `position`,
+/// with its logits kept or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Row {
+    pub seq: SeqId,
+    pub token: u32,
+    pub position: usize,
+    pub logits: bool,
+}
+
+impl Row {
+    /// The rows of `tokens` of `seq` from `start`; logits for all of them
+    /// when `all_logits`, else for the last only.
+    pub fn run(seq: SeqId, tokens: &[u32], start: usize, all_logits: bool) -> Vec<Row> {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &token)| Row {
+                seq,
+                token,
+                position: start + i,
+                logits: all_logits || i + 1 == tokens.len(),
+            })
+            .collect()
+    }
+}
+
+/// One llama.cpp decode of `rows`.
 struct Decode<'a, 'm, 'b> {
     ctx: &'a mut LlamaContext<'m>,
     batch: &'a mut LlamaBatch<'b>,
-    tokens: &'a [u32],
-    start: usize,
-    all_logits: bool,
+    rows: &'a [Row],
 }
 
 impl Pass for Decode<'_, '_, '_> {
     fn submit(&mut self) -> Result<(), EngineError> {
-        decode(
-            self.ctx,
-            self.batch,
-            self.tokens,
-            self.start,
-            self.all_logits,
-        )
+        decode_rows(self.ctx, self.batch, self.rows)
     }
 
     fn wait(&mut self) {
@@ -66,48 +89,72 @@ impl Pass for Decode<'_, '_, '_> {
     }
 }
 
+/// [`decode_rows`], timed through the completion of its logits.
+pub(super) fn decode_rows_timed(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    rows: &[Row],
+) -> Result<f64, EngineError> {
+    timed(&mut Decode { ctx, batch, rows })
+}
+
 /// [`decode`], timed through the completion of its logits.
 pub(super) fn decode_timed(
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
+    seq: SeqId,
     tokens: &[u32],
     start: usize,
     all_logits: bool,
 ) -> Result<f64, EngineError> {
-    timed(&mut Decode {
-        ctx,
-        batch,
-        tokens,
-        start,
-        all_logits,
-    })
+    decode_rows_timed(ctx, batch, &Row::run(seq, tokens, start, all_logits))
 }
 
-/// Evaluate `tokens` at positions from `start`; logits for all of them when
-/// `all_logits`, else for the last only. Returns once the pass is queued.
-pub(super) fn decode(
+/// Evaluate `rows` in one llama.cpp decode; the logits of row `i` (if kept)
+/// are then at index `i`. Returns once the pass is queued.
+pub(super) fn decode_rows(
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
-    tokens: &[u32],
-    start: usize,
-    all_logits: bool,
+    rows: &[Row],
 ) -> Result<(), EngineError> {
     batch.clear();
-    for (i, &t) in tokens.iter().enumerate() {
-        let wants_logits = all_logits || i + 1 == tokens.len();
+    for row in rows {
         batch
-            .add(LlamaToken(t as i32), (start + i) as i32, &[0], wants_logits)
+            .add(
+                LlamaToken(row.token as i32),
+                row.position as i32,
+                &[row.seq],
+                row.logits,
+            )
             .map_err(|e| EngineError::Decode(e.to_string()))?;
     }
     ctx.decode(batch)
         .map_err(|e| EngineError::Decode(e.to_string()))
 }
 
-/// Drop every cached position from `from` on. llama.cpp refuses a partial
-/// removal where the state is not a cache of positions (recurrent models):
-/// that is an error, never a silent keep of rejected tokens.
-pub(super) fn truncate_kv(ctx: &mut LlamaContext, from: usize) -> Result<(), EngineError> {
-    match ctx.clear_kv_cache_seq(Some(0), Some(from as u32), None) {
+/// Evaluate `tokens` of `seq` at positions from `start`; logits for all of
+/// them when `all_logits`, else for the last only. Returns once the pass is
+/// queued.
+pub(super) fn decode(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    seq: SeqId,
+    tokens: &[u32],
+    start: usize,
+    all_logits: bool,
+) -> Result<(), EngineError> {
+    decode_rows(ctx, batch, &Row::run(seq, tokens, start, all_logits))
+}
+
+/// Drop every cached position of `seq` from `from` on. llama.cpp refuses a
+/// partial removal where the state is not a cache of positions (recurrent
+/// models): that is an error, never a silent keep of rejected tokens.
+pub(super) fn truncate_kv(
+    ctx: &mut LlamaContext,
+    seq: SeqId,
+    from: usize,
+) -> Result<(), EngineError> {
+    match ctx.clear_kv_cache_seq(Some(seq as u32), Some(from as u32), None) {
         Ok(true) => Ok(()),
         Ok(false) => Err(EngineError::Decode(format!(
             "llama.cpp refused to roll the model's state back to position {from}"
@@ -116,17 +163,64 @@ pub(super) fn truncate_kv(ctx: &mut LlamaContext, from: usize) -> Result<(), Eng
     }
 }
 
-/// Evaluate `tokens` in prompt-sized chunks, logits for the last token only.
+/// Evaluate `tokens` of `seq` in prompt-sized chunks, logits for the last
+/// token only.
 pub(super) fn decode_chunked(
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
+    seq: SeqId,
     tokens: &[u32],
     start: usize,
 ) -> Result<(), EngineError> {
     for (i, chunk) in tokens.chunks(PROMPT_CHUNK).enumerate() {
-        decode(ctx, batch, chunk, start + i * PROMPT_CHUNK, false)?;
+        decode(ctx, batch, seq, chunk, start + i * PROMPT_CHUNK, false)?;
     }
     Ok(())
+}
+
+/// How llama.cpp takes a pass apart before computing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KvLayout {
+    /// One KV stream per sequence: llama.cpp computes a pass in one go only
+    /// when it holds the same number of rows of consecutive sequence ids,
+    /// and splits any other pass into several computations.
+    Streams,
+    /// One cache for all sequences: any pass is computed in one go.
+    Unified,
+}
+
+/// The passes that evaluate `groups` (each a sequence id and its row
+/// count this step, in increasing sequence order): each pass at most
+/// `limit` rows, a group never split between passes, and, over per-sequence
+/// KV streams, only groups llama.cpp computes in one go together (see
+/// [`KvLayout::Streams`]), so that a pass's cost is one computation's.
+/// Returns the groups' indices per pass, in order. A group longer than
+/// `limit` gets a pass of its own (the caller splits it).
+pub(super) fn pack(groups: &[(SeqId, usize)], limit: usize, layout: KvLayout) -> Vec<Vec<usize>> {
+    let limit = limit.max(1);
+    let mut passes: Vec<Vec<usize>> = Vec::new();
+    let mut rows = 0;
+    let mut last: Option<(SeqId, usize)> = None;
+    for (i, &(seq, size)) in groups.iter().enumerate() {
+        let joins = match (passes.last(), last) {
+            (Some(_), Some((last_seq, last_size))) => {
+                rows + size <= limit
+                    && (layout == KvLayout::Unified || (seq == last_seq + 1 && size == last_size))
+            }
+            _ => false,
+        };
+        if joins {
+            if let Some(pass) = passes.last_mut() {
+                pass.push(i);
+            }
+            rows += size;
+        } else {
+            passes.push(vec![i]);
+            rows = size;
+        }
+        last = Some((seq, size));
+    }
+    passes
 }
 
 /// What sampling one position costs the target, by kind of request: the
@@ -198,6 +292,67 @@ mod tests {
             }
         }
         assert!(timed(&mut Refused).is_err());
+    }
+
+    #[test]
+    fn groups_are_packed_whole_within_the_limit() {
+        let unified = |sizes: &[usize], limit| {
+            let groups: Vec<(SeqId, usize)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (i as SeqId, n))
+                .collect();
+            pack(&groups, limit, KvLayout::Unified)
+        };
+        assert_eq!(unified(&[1, 1, 1, 1], 3), vec![vec![0, 1, 2], vec![3]]);
+        assert_eq!(unified(&[2, 2, 1], 3), vec![vec![0], vec![1, 2]]);
+        assert_eq!(unified(&[4, 1], 3), vec![vec![0], vec![1]]);
+        assert_eq!(unified(&[3, 5, 2], 17), vec![vec![0, 1, 2]]);
+        assert!(unified(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn over_kv_streams_a_pass_holds_what_llama_cpp_computes_at_once() {
+        let streams = |groups: &[(SeqId, usize)], limit| pack(groups, limit, KvLayout::Streams);
+        // Consecutive sequences, one row each: together.
+        assert_eq!(streams(&[(0, 1), (1, 1), (2, 1)], 3), vec![vec![0, 1, 2]]);
+        // A gap in the sequence ids, or rows of unequal counts: apart.
+        assert_eq!(
+            streams(&[(0, 1), (2, 1), (3, 1)], 3),
+            vec![vec![0], vec![1, 2]]
+        );
+        assert_eq!(
+            streams(&[(0, 2), (1, 1), (2, 1)], 3),
+            vec![vec![0], vec![1, 2]]
+        );
+        assert_eq!(streams(&[(0, 2), (1, 2)], 4), vec![vec![0, 1]]);
+        assert_eq!(
+            streams(&[(0, 1), (1, 1), (2, 1), (3, 1)], 3),
+            vec![vec![0, 1, 2], vec![3]]
+        );
+    }
+
+    #[test]
+    fn rows_of_a_run_keep_the_last_logits_or_all() {
+        let rows = Row::run(2, &[7, 8], 10, false);
+        assert_eq!(
+            rows,
+            [
+                Row {
+                    seq: 2,
+                    token: 7,
+                    position: 10,
+                    logits: false
+                },
+                Row {
+                    seq: 2,
+                    token: 8,
+                    position: 11,
+                    logits: true
+                },
+            ]
+        );
+        assert!(Row::run(0, &[1, 2], 0, true).iter().all(|r| r.logits));
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! One draft-and-verify round of a sequence: who drafts how much (fixed
-//! settings or the adaptive decision), drafting, verification in passes no
-//! longer than the verification limit, rolling the caches back to the
-//! accepted prefix, recording what the round taught, and streaming its text.
+//! One engine step: every active slot's round, its passes shared with the
+//! other slots'. A step reads a piece of the waiting prompts, plans each
+//! ready slot's round (who drafts how much: fixed settings or the adaptive
+//! decision), drafts with every drafter model for all its slots at once
+//! (one pass per drafted position), verifies the slots' drafts in shared
+//! target passes no larger than the exactness limits allow, then per slot
+//! rolls the caches back to the accepted prefix, records what the round
+//! taught and streams its text.
 
 use std::time::Instant;
 
@@ -13,13 +17,17 @@ use llama_cpp_2::token::LlamaToken;
 use crate::config::DraftParams;
 use crate::speculative::adaptive::{AdaptiveState, CostModel, Options, Proposer};
 use crate::speculative::ngram::{self, NgramParams};
-use crate::speculative::proposer::{drops_short_draft, propose, DraftModel};
+use crate::speculative::proposer::{drops_short_draft, Next, Proposing};
 use crate::speculative::sampling::{self, Distribution};
 use crate::speculative::verifier::{self, Verdict};
 
 use super::error::EngineError;
-use super::load::Slot;
-use super::pass::{decode_chunked, decode_timed, ms, truncate_kv};
+use super::exactness::prompt_piece;
+use super::load::Contexts;
+use super::pass::{
+    decode_chunked, decode_rows_timed, decode_timed, ms, pack, truncate_kv, KvLayout, Row, SeqId,
+    PROMPT_CHUNK,
+};
 use super::request::{FinishReason, GenerationEvent};
 use super::vocab::within_target_vocab;
 use super::worker::Sequence;
@@ -45,6 +53,22 @@ pub(super) struct Policy<'a> {
     pub(super) state: &'a mut AdaptiveState,
 }
 
+/// How the engine's passes are bounded on this machine (see
+/// [`super::Verification`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Tokens per sequence.
+    pub(super) context: usize,
+    /// Most tokens of one sequence's verification in one target pass.
+    pub(super) max_verify_batch: usize,
+    /// Most rows of one target pass shared by several slots.
+    pub(super) shared_pass_rows: usize,
+    /// Prompts are read in passes of multiples of this many tokens.
+    pub(super) prompt_granularity: usize,
+    /// How the contexts hold the sequences (what llama.cpp computes at once).
+    pub(super) layout: KvLayout,
+}
+
 /// Weight of a request's sampling cost estimate against a new measurement.
 const SAMPLE_COST_SMOOTHING: f64 = 0.8;
 
@@ -56,271 +80,97 @@ fn smooth_sample_ms(old: f64, new: f64) -> f64 {
     SAMPLE_COST_SMOOTHING * old + (1.0 - SAMPLE_COST_SMOOTHING) * new
 }
 
-/// A draft: tokens and, when sampling, the distributions they were drawn from.
-#[derive(Default)]
-struct Draft {
-    tokens: Vec<u32>,
-    dists: Vec<Distribution>,
-    /// Single-token drafter steps taken and their milliseconds, each
-    /// through its logits and the choice of its token (catching up on a long
-    /// run of unseen tokens is not a step).
-    steps: usize,
-    steps_ms: f64,
-    /// The drafter model stopped before the decided length, unsure.
-    stopped_early: bool,
-}
-
-/// Propose up to `k` tokens with drafter model `model`. The drafter first
-/// catches up on the tokens it has not seen (the previous round's last
-/// token, or every token since it last drafted when other candidates
-/// drafted in between), then decodes its own proposals, stopping early
-/// below `p_min` confidence.
-fn draft_with_model(
-    seq: &mut Sequence,
-    model: usize,
-    ctx: &mut LlamaContext,
-    batch: &mut LlamaBatch,
-    ask: DraftAsk,
-) -> Result<Draft, EngineError> {
-    let DraftAsk {
-        k,
-        p_min,
-        max_verify_batch,
-        target_vocab,
-    } = ask;
-    let Some(&past) = seq.drafter_past.get(model) else {
-        return Err(EngineError::Decode(format!(
-            "drafter model {model} has no context in this slot"
-        )));
-    };
-    // Catch up the way the target evaluated the same tokens (a long run as a
-    // prompt, then its last token alone), so that a drafter identical to the
-    // target also computes identical logits.
-    let unseen = seq.tokens[past..].to_vec();
-    let (body, last) = if unseen.len() > max_verify_batch {
-        unseen.split_at(unseen.len() - 1)
+/// Read a piece of the waiting prompts (all but each prompt's last token,
+/// which opens its first round). While other slots decode, one piece of
+/// `prompt_granularity` tokens per step, so that a long prompt delays them
+/// by one short pass per token they stream; otherwise up to a prompt chunk
+/// per prompting slot. `first` rotates the slot served first. Every piece
+/// ends on a multiple of the granularity, or is the prompt's remainder
+/// alone (see [`prompt_piece`]), so the cache holds what reading the
+/// prompt at once leaves.
+pub(super) fn read_prompts(
+    slots: &mut [Option<Sequence>],
+    contexts: &mut Contexts,
+    limits: Limits,
+    first: usize,
+) -> Result<(), (usize, EngineError)> {
+    let decoding = slots
+        .iter()
+        .flatten()
+        .any(|seq| seq.target_past + 1 >= seq.tokens.len());
+    let budget = if decoding {
+        limits.prompt_granularity
     } else {
-        unseen.split_at(0)
+        PROMPT_CHUNK
     };
-    decode_chunked(ctx, batch, body, past)?;
-    let first_pass_ms = decode_timed(ctx, batch, last, past + body.len(), false)?;
-    // The first decode is a step when it evaluates one token.
-    let catching_up = last.len() > 1;
-    let steps = usize::from(!catching_up);
-    let steps_ms = if catching_up { 0.0 } else { first_pass_ms };
-    let drafting = Instant::now();
-    let first = seq.tokens.len();
-    let mut drafter = ContextDrafter {
-        ctx,
-        batch,
-        logits_index: (last.len() - 1) as i32,
-        position: first,
-        target_vocab,
-    };
-    let proposal = propose(&mut drafter, k, p_min, first, &seq.sampling, &mut seq.rng)?;
-    seq.drafter_past[model] = drafter.position;
-    Ok(Draft {
-        tokens: proposal.tokens,
-        dists: proposal.dists,
-        steps: steps + proposal.fed,
-        steps_ms: steps_ms + ms(drafting),
-        stopped_early: proposal.stopped_early,
-    })
-}
-
-/// What a round asks of a drafter model.
-#[derive(Debug, Clone, Copy)]
-struct DraftAsk {
-    /// Most tokens to draft.
-    k: usize,
-    /// Stop below this confidence (0: never).
-    p_min: f32,
-    /// Longest target pass (how a long catch-up is read).
-    max_verify_batch: usize,
-    /// The target's vocabulary size (no token beyond it is drafted).
-    target_vocab: usize,
-}
-
-/// A drafter model's context as the proposer sees it.
-struct ContextDrafter<'a, 'm, 'b> {
-    ctx: &'a mut LlamaContext<'m>,
-    batch: &'a mut LlamaBatch<'b>,
-    /// Where the next token's logits are in the last pass.
-    logits_index: i32,
-    /// Position of the next token fed.
-    position: usize,
-    target_vocab: usize,
-}
-
-impl DraftModel for ContextDrafter<'_, '_, '_> {
-    type Error = EngineError;
-
-    fn logits(&self) -> &[f32] {
-        within_target_vocab(
-            self.ctx.get_logits_ith(self.logits_index),
-            self.target_vocab,
-        )
-    }
-
-    fn feed(&mut self, token: u32) -> Result<(), EngineError> {
-        decode_timed(self.ctx, self.batch, &[token], self.position, false)?;
-        self.position += 1;
-        self.logits_index = 0;
-        Ok(())
-    }
-}
-
-/// The target's view of a verification batch, evaluated in passes of at most
-/// `chunk` tokens as positions are asked for (in increasing order).
-struct VerifyWindow<'a, 'm> {
-    ctx: &'a mut LlamaContext<'m>,
-    batch: &'a mut LlamaBatch<'static>,
-    tokens: &'a [u32],
-    start: usize,
-    chunk: usize,
-    evaluated: usize,
-    /// Tokens and milliseconds of each target pass run, through the
-    /// completion of its logits.
-    passes: Vec<(usize, f64)>,
-    /// Positions sampled and the milliseconds their sampling took.
-    sampled: usize,
-    sampling_ms: f64,
-}
-
-impl VerifyWindow<'_, '_> {
-    /// `choose` applied to the target's logits after `tokens[..=i]`.
-    fn sample<T>(&mut self, i: usize, choose: impl FnOnce(&[f32]) -> T) -> Result<T, EngineError> {
-        if i >= self.evaluated {
-            let end = (self.evaluated + self.chunk).min(self.tokens.len());
-            let pass_ms = decode_timed(
-                self.ctx,
-                self.batch,
-                &self.tokens[self.evaluated..end],
-                self.start + self.evaluated,
-                true,
-            )?;
-            self.passes.push((end - self.evaluated, pass_ms));
-            self.evaluated = end;
+    let n = slots.len();
+    for index in (0..n).map(|i| (first + i) % n) {
+        let Some(seq) = slots[index].as_mut() else {
+            continue;
+        };
+        let end = seq.tokens.len() - 1;
+        if seq.target_past >= end {
+            continue;
         }
-        let pass_start = (self.evaluated - 1) / self.chunk * self.chunk;
-        debug_assert!(
-            i >= pass_start,
-            "positions are asked for in increasing order"
-        );
-        let in_pass = i - pass_start;
         let started = Instant::now();
-        let chosen = choose(self.ctx.get_logits_ith(in_pass as i32));
-        self.sampling_ms += ms(started);
-        self.sampled += 1;
-        Ok(chosen)
+        let piece = prompt_piece(seq.target_past, end, limits.prompt_granularity, budget);
+        let tokens = &seq.tokens[seq.target_past..seq.target_past + piece];
+        decode_timed(
+            &mut contexts.target,
+            &mut contexts.batch,
+            index as SeqId,
+            tokens,
+            seq.target_past,
+            false,
+        )
+        .map_err(|e| (index, e))?;
+        contexts.target_passes.record(piece);
+        seq.target_past += piece;
+        seq.stats.prefill_ms += ms(started);
+        if decoding {
+            return Ok(());
+        }
     }
+    Ok(())
 }
 
-/// One round of draft-and-verify for the slot's sequence. With an empty draft
-/// it is exactly one step of plain decoding.
-pub(super) fn round(
-    target: &LlamaModel,
-    context: usize,
-    max_verify_batch: usize,
-    slot: &mut Slot,
-    policy: Option<Policy>,
-) -> Result<Progress, EngineError> {
-    // The sequence is taken out of its slot for the round, so that its state
-    // and the slot's contexts can be lent apart; it goes back whatever happens.
-    let Some(mut seq) = slot.sequence.take() else {
-        return Ok(Progress::Continue);
-    };
-    let outcome = run_round(target, context, max_verify_batch, slot, &mut seq, policy);
-    slot.sequence = Some(seq);
-    outcome
+/// Whether a slot's prompt has been read and its rounds can start.
+pub(super) fn is_ready(seq: &Sequence) -> bool {
+    seq.target_past + 1 >= seq.tokens.len()
 }
 
 /// What a round will do, decided before any model runs.
-struct Plan {
+pub(super) struct Plan {
     /// Who drafts.
-    proposer: Proposer,
+    pub(super) proposer: Proposer,
     /// How many tokens.
-    k: usize,
+    pub(super) k: usize,
     /// The prompt lookup proposal the adaptive decision was shown.
     lookup: Vec<u32>,
     /// The candidate's draft controls.
     params: DraftParams,
     /// The candidate's drafter model, if it has one.
-    drafter_model: Option<usize>,
-    /// Most tokens per target pass.
-    chunk: usize,
-}
-
-/// What verification found.
-struct Verified {
-    verdict: Verdict,
-    /// Tokens and milliseconds of each target pass run.
-    passes: Vec<(usize, f64)>,
-}
-
-fn run_round(
-    target: &LlamaModel,
-    context: usize,
-    max_verify_batch: usize,
-    slot: &mut Slot,
-    seq: &mut Sequence,
-    mut policy: Option<Policy>,
-) -> Result<Progress, EngineError> {
-    read_prompt(slot, seq)?;
-    let started = Instant::now();
-    let plan = plan(seq, context, max_verify_batch, policy.as_mut());
-    let target_vocab = target.vocab().n_tokens().max(0) as usize;
-    let draft = draft(&plan, seq, slot, max_verify_batch, target_vocab)?;
-    let draft_ms = ms(started);
-    seq.stats.draft_ms += draft_ms;
-
-    let started = Instant::now();
-    let Verified { verdict, passes } = verify(&plan, &draft, seq, slot)?;
-    let verify_ms = ms(started);
-    seq.stats.verify_ms += verify_ms;
-    let Verdict { accepted, next } = verdict;
-    // The round committed the accepted tokens and the target's own.
-    seq.last_round = Some((accepted + 1, draft_ms + verify_ms));
-
-    let keep = seq.tokens.len() + accepted;
-    roll_back(&plan, seq, slot, keep)?;
-    record(&plan, &draft, accepted, &passes, seq, policy);
-    Ok(emit(target, context, &draft.tokens[..accepted], next, seq))
-}
-
-/// Read the prompt (all but its last token, which opens the first round).
-fn read_prompt(slot: &mut Slot, seq: &mut Sequence) -> Result<(), EngineError> {
-    let len = seq.tokens.len();
-    if seq.target_past + 1 < len {
-        let started = Instant::now();
-        let pending = seq.tokens[seq.target_past..len - 1].to_vec();
-        decode_chunked(&mut slot.target, &mut slot.batch, &pending, seq.target_past)?;
-        // Wait for the device, so that the reading is counted here.
-        slot.target.synchronize();
-        seq.target_past = len - 1;
-        seq.stats.prefill_ms += ms(started);
-    }
-    Ok(())
+    pub(super) drafter_model: Option<usize>,
 }
 
 /// Who drafts how much: the fixed settings, or the adaptive decision among
-/// the drafter model, prompt lookup and plain decoding; never more than fits
-/// in the context or than `max_tokens` can use.
-fn plan(
+/// the drafter model, prompt lookup and plain decoding, weighing the costs
+/// this sequence adds to passes `others` rows of other slots share; never
+/// more than fits in the context or than `max_tokens` can use.
+pub(super) fn plan(
     seq: &Sequence,
-    context: usize,
-    max_verify_batch: usize,
+    limits: Limits,
+    others: usize,
     policy: Option<&mut Policy>,
 ) -> Plan {
     let candidate = seq.candidates.get(seq.current).copied();
     let drafter_model = candidate.and_then(|c| c.model);
     let params = candidate.map_or_else(DraftParams::default, |c| c.draft);
     let remaining = seq.max_tokens - seq.stats.completion_tokens;
-    let room = context.saturating_sub(seq.tokens.len() + 1);
+    let room = limits.context.saturating_sub(seq.tokens.len() + 1);
     let most = (params.max as usize)
         .min(room)
         .min(remaining.saturating_sub(1));
-    let chunk = max_verify_batch.max(1);
     let (proposer, k, lookup) = match (policy, candidate) {
         (Some(p), Some(_)) => {
             let lookup = if most > 0 {
@@ -329,13 +179,13 @@ fn plan(
                 Vec::new()
             };
             let decision = p.state.decide(
-                p.cost,
+                &p.cost.shared_by(others),
                 &Options {
                     model: drafter_model.is_some(),
                     lookup: lookup.len(),
                     min: params.min as usize,
                     max: most,
-                    chunk,
+                    chunk: limits.max_verify_batch.max(1),
                     sample_ms: seq.sample_ms,
                 },
                 &seq.lookup,
@@ -354,92 +204,413 @@ fn plan(
         lookup,
         params,
         drafter_model,
-        chunk,
     }
 }
 
-/// Draft as planned; a draft shorter than the candidate's `min` is dropped
-/// where that cannot bias the output.
-fn draft(
-    plan: &Plan,
-    seq: &mut Sequence,
-    slot: &mut Slot,
-    max_verify_batch: usize,
+/// A draft: tokens and, when sampling, the distributions they were drawn from.
+#[derive(Default)]
+pub(super) struct Draft {
+    pub(super) tokens: Vec<u32>,
+    dists: Vec<Distribution>,
+    /// Drafter passes this draft took part in and their milliseconds, each
+    /// through its logits and the choice of its token (catching up on a long
+    /// run of unseen tokens is not a step).
+    steps: usize,
+    steps_ms: f64,
+    /// Whether other slots' rows shared those passes (their cost then says
+    /// little about a draft step's).
+    shared: bool,
+    /// The drafter model stopped before the decided length, unsure.
+    stopped_early: bool,
+}
+
+/// A slot drafting with a model during the draft phase.
+struct Drafting {
+    slot: usize,
+    proposing: Proposing,
+    /// Index of this slot's logits in the latest pass.
+    logits_index: usize,
+    steps: usize,
+    steps_ms: f64,
+    shared: bool,
+}
+
+/// Draft for every ready slot as planned: prompt lookup at once; each
+/// drafter model for all its slots together, one pass per drafted
+/// position. A draft shorter than the candidate's `min` is dropped where
+/// that cannot bias the output.
+pub(super) fn draft_all(
+    rounds: &[(usize, Plan)],
+    slots: &mut [Option<Sequence>],
+    contexts: &mut Contexts,
+    limits: Limits,
     target_vocab: usize,
-) -> Result<Draft, EngineError> {
-    let k = plan.k;
-    let model = plan
-        .drafter_model
-        .and_then(|m| slot.drafters.get_mut(m).map(|ctx| (m, ctx)));
-    let mut draft = match (plan.proposer, model) {
-        (Proposer::Model, Some((m, ctx))) if k > 0 => draft_with_model(
-            seq,
-            m,
-            ctx,
-            &mut slot.batch,
-            DraftAsk {
-                k,
-                p_min: plan.params.p_min,
-                max_verify_batch,
-                target_vocab,
-            },
-        )?,
-        (Proposer::Lookup, _) if k > 0 => {
-            // The adaptive decision drafts from the proposal it was shown.
-            let mut tokens = if plan.lookup.is_empty() {
-                ngram::propose(&seq.tokens, NgramParams::default(), k)
-            } else {
-                plan.lookup.clone()
-            };
-            tokens.truncate(k);
-            let dists = if seq.sampling.draws_at_random() {
-                tokens
-                    .iter()
-                    .map(|&t| Distribution::point_mass(t))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            Draft {
-                tokens,
-                dists,
-                ..Draft::default()
+) -> Result<Vec<Draft>, (usize, EngineError)> {
+    let mut drafts: Vec<Draft> = rounds.iter().map(|_| Draft::default()).collect();
+    for (i, (slot, plan)) in rounds.iter().enumerate() {
+        if plan.proposer == Proposer::Lookup && plan.k > 0 {
+            if let Some(seq) = slots[*slot].as_ref() {
+                drafts[i] = lookup_draft(plan, seq);
             }
         }
-        _ => Draft::default(),
-    };
-    let drawn_at_random = plan.proposer == Proposer::Model && seq.sampling.draws_at_random();
-    if drops_short_draft(
-        draft.tokens.len(),
-        plan.params.min as usize,
-        drawn_at_random,
-    ) {
-        // Not verified, so nothing to learn from either.
-        draft = Draft::default();
     }
-    Ok(draft)
+    let Contexts {
+        drafters, batch, ..
+    } = contexts;
+    for (model, ctx) in drafters.iter_mut().enumerate() {
+        let members: Vec<usize> = rounds
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, p))| {
+                p.proposer == Proposer::Model && p.k > 0 && p.drafter_model == Some(model)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        draft_with_model(
+            model,
+            ctx,
+            batch,
+            &members,
+            rounds,
+            slots,
+            &mut drafts,
+            limits,
+            target_vocab,
+        )?;
+    }
+    for (i, (_, plan)) in rounds.iter().enumerate() {
+        let Some(seq) = slots[rounds[i].0].as_ref() else {
+            continue;
+        };
+        let drawn_at_random = plan.proposer == Proposer::Model && seq.sampling.draws_at_random();
+        if drops_short_draft(
+            drafts[i].tokens.len(),
+            plan.params.min as usize,
+            drawn_at_random,
+        ) {
+            // Not verified, so nothing to learn from either.
+            drafts[i] = Draft::default();
+        }
+    }
+    Ok(drafts)
 }
 
-/// Verify the last token and the draft in target passes of at most
-/// `plan.chunk` tokens, evaluated only as far as acceptance goes.
-fn verify(
-    plan: &Plan,
+/// The prompt lookup draft of a round.
+fn lookup_draft(plan: &Plan, seq: &Sequence) -> Draft {
+    // The adaptive decision drafts from the proposal it was shown.
+    let mut tokens = if plan.lookup.is_empty() {
+        ngram::propose(&seq.tokens, NgramParams::default(), plan.k)
+    } else {
+        plan.lookup.clone()
+    };
+    tokens.truncate(plan.k);
+    let dists = if seq.sampling.draws_at_random() {
+        tokens
+            .iter()
+            .map(|&t| Distribution::point_mass(t))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Draft {
+        tokens,
+        dists,
+        ..Draft::default()
+    }
+}
+
+/// Draft with drafter model `model` for the rounds `members` (indices into
+/// `rounds`). Each slot first catches up on the tokens its drafter has not
+/// seen (the previous round's last token, or every token since it last
+/// drafted): a long run alone, as the target read it, and the rest in the
+/// first shared pass; then each pass evaluates every slot's latest drafted
+/// token, until every draft is complete or stopped below `p_min`.
+#[allow(clippy::too_many_arguments)]
+fn draft_with_model(
+    model: usize,
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    members: &[usize],
+    rounds: &[(usize, Plan)],
+    slots: &mut [Option<Sequence>],
+    drafts: &mut [Draft],
+    limits: Limits,
+    target_vocab: usize,
+) -> Result<(), (usize, EngineError)> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut drafting: Vec<(usize, Drafting)> = Vec::with_capacity(members.len());
+    for &i in members {
+        let (slot, plan) = &rounds[i];
+        let Some(seq) = slots[*slot].as_mut() else {
+            continue;
+        };
+        let seq_id = *slot as SeqId;
+        let Some(&past) = seq.drafter_past.get(model) else {
+            return Err((
+                *slot,
+                EngineError::Decode(format!("drafter model {model} has no sequence state")),
+            ));
+        };
+        // Catch up the way the target evaluated the same tokens (a long run
+        // as a prompt, then its last token alone), so that a drafter
+        // identical to the target also computes identical logits.
+        let unseen = &seq.tokens[past..];
+        let (body, last) = if unseen.len() > limits.max_verify_batch {
+            unseen.split_at(unseen.len() - 1)
+        } else {
+            unseen.split_at(0)
+        };
+        if last.is_empty() {
+            // Nothing new to draft from (never the case between rounds:
+            // each round ends with a token the drafter has not seen).
+            continue;
+        }
+        decode_chunked(ctx, batch, seq_id, body, past).map_err(|e| (*slot, e))?;
+        rows.extend(Row::run(seq_id, last, past + body.len(), false));
+        seq.drafter_past[model] = seq.tokens.len();
+        drafting.push((
+            i,
+            Drafting {
+                slot: *slot,
+                proposing: Proposing::new(plan.k, plan.params.p_min, seq.tokens.len()),
+                logits_index: rows.len() - 1,
+                // The first pass is a step when it evaluates one token.
+                steps: usize::from(last.len() == 1),
+                steps_ms: 0.0,
+                shared: false,
+            },
+        ));
+    }
+    let first_is_step: Vec<bool> = drafting.iter().map(|(_, d)| d.steps == 1).collect();
+    let mut pass_rows = rows;
+    let mut first = true;
+    while !pass_rows.is_empty() {
+        let pass_ms = decode_rows_timed(ctx, batch, &pass_rows)
+            .map_err(|e| (drafting.first().map_or(0, |d| d.1.slot), e))?;
+        let active: Vec<bool> = drafting
+            .iter()
+            .map(|(_, d)| !d.proposing.is_done())
+            .collect();
+        let shared = active.iter().filter(|&&a| a).count() > 1;
+        let started = Instant::now();
+        let mut next_rows = Vec::new();
+        for (j, (_, d)) in drafting.iter_mut().enumerate() {
+            if !active[j] {
+                continue;
+            }
+            if !first || first_is_step[j] {
+                d.steps_ms += pass_ms;
+                d.shared |= shared;
+            }
+            let Some(seq) = slots[d.slot].as_mut() else {
+                continue;
+            };
+            let logits =
+                within_target_vocab(ctx.get_logits_ith(d.logits_index as i32), target_vocab);
+            if let Next::Feed(token) = d.proposing.step(logits, &seq.sampling, &mut seq.rng) {
+                let position = seq.drafter_past[model];
+                next_rows.push(Row {
+                    seq: d.slot as SeqId,
+                    token,
+                    position,
+                    logits: true,
+                });
+                seq.drafter_past[model] = position + 1;
+                d.logits_index = next_rows.len() - 1;
+                d.steps += 1;
+            }
+        }
+        // Choosing the tokens is part of every drafting slot's step.
+        let choosing_ms = ms(started);
+        for ((_, d), _) in drafting.iter_mut().zip(&active).filter(|(_, &a)| a) {
+            d.steps_ms += choosing_ms;
+        }
+        pass_rows = next_rows;
+        first = false;
+    }
+    for (i, d) in drafting {
+        let proposal = d.proposing.finish();
+        drafts[i] = Draft {
+            tokens: proposal.tokens,
+            dists: proposal.dists,
+            steps: d.steps,
+            steps_ms: d.steps_ms,
+            shared: d.shared,
+            stopped_early: proposal.stopped_early,
+        };
+    }
+    Ok(())
+}
+
+/// Logits of the target's first verification rows of a slot, evaluated
+/// in a pass shared with other slots, and the pass's size and time.
+pub(super) struct FirstPass {
+    logits: Vec<Vec<f32>>,
+    pass: (usize, f64),
+}
+
+/// Evaluate the first rows of every ready slot's verification window (the
+/// last token and the draft, at most `max_verify_batch` of them) in target
+/// passes of at most `shared_pass_rows` rows, a slot's rows never split
+/// between passes; a window longer than that is continued lazily, in the
+/// slot's own passes, as far as acceptance goes (see [`verify`]).
+pub(super) fn first_passes(
+    rounds: &[(usize, Plan)],
+    drafts: &[Draft],
+    slots: &[Option<Sequence>],
+    contexts: &mut Contexts,
+    limits: Limits,
+) -> Result<Vec<FirstPass>, (usize, EngineError)> {
+    let windows: Vec<Vec<Row>> = rounds
+        .iter()
+        .zip(drafts)
+        .map(|((slot, _), draft)| {
+            let Some(seq) = slots[*slot].as_ref() else {
+                return Vec::new();
+            };
+            let len = seq.tokens.len();
+            let mut tokens = Vec::with_capacity(draft.tokens.len() + 1);
+            tokens.push(seq.tokens[len - 1]);
+            tokens.extend_from_slice(&draft.tokens);
+            tokens.truncate(limits.max_verify_batch.max(1));
+            Row::run(*slot as SeqId, &tokens, len - 1, true)
+        })
+        .collect();
+    let groups: Vec<(SeqId, usize)> = rounds
+        .iter()
+        .zip(&windows)
+        .map(|((slot, _), rows)| (*slot as SeqId, rows.len()))
+        .collect();
+    let mut out: Vec<FirstPass> = rounds
+        .iter()
+        .map(|_| FirstPass {
+            logits: Vec::new(),
+            pass: (0, 0.0),
+        })
+        .collect();
+    for members in pack(&groups, limits.shared_pass_rows, limits.layout) {
+        let rows: Vec<Row> = members
+            .iter()
+            .flat_map(|&i| windows[i].iter().copied())
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let pass_ms = decode_rows_timed(&mut contexts.target, &mut contexts.batch, &rows)
+            .map_err(|e| (rounds[members[0]].0, e))?;
+        contexts.target_passes.record(rows.len());
+        let mut at = 0;
+        for &i in &members {
+            let n = windows[i].len();
+            out[i] = FirstPass {
+                logits: (at..at + n)
+                    .map(|r| contexts.target.get_logits_ith(r as i32).to_vec())
+                    .collect(),
+                pass: (rows.len(), pass_ms),
+            };
+            at += n;
+        }
+    }
+    Ok(out)
+}
+
+/// The target's view of a slot's verification window: the rows evaluated
+/// in the shared first pass, then passes of at most `chunk` tokens of its
+/// own as positions are asked for (in increasing order).
+struct VerifyWindow<'a, 'm> {
+    ctx: &'a mut LlamaContext<'m>,
+    batch: &'a mut LlamaBatch<'static>,
+    seq: SeqId,
+    tokens: &'a [u32],
+    start: usize,
+    chunk: usize,
+    first: Vec<Vec<f32>>,
+    evaluated: usize,
+    /// Start of the last own pass.
+    pass_start: usize,
+    /// Rows and milliseconds of each target pass run for this window.
+    passes: Vec<(usize, f64)>,
+    /// Positions sampled and the milliseconds their sampling took.
+    sampled: usize,
+    sampling_ms: f64,
+}
+
+impl VerifyWindow<'_, '_> {
+    /// `choose` applied to the target's logits after `tokens[..=i]`.
+    fn sample<T>(&mut self, i: usize, choose: impl FnOnce(&[f32]) -> T) -> Result<T, EngineError> {
+        let started;
+        let chosen = if let Some(logits) = self.first.get(i) {
+            started = Instant::now();
+            choose(logits)
+        } else {
+            if i >= self.evaluated {
+                let end = (self.evaluated + self.chunk).min(self.tokens.len());
+                let pass_ms = decode_timed(
+                    self.ctx,
+                    self.batch,
+                    self.seq,
+                    &self.tokens[self.evaluated..end],
+                    self.start + self.evaluated,
+                    true,
+                )?;
+                self.passes.push((end - self.evaluated, pass_ms));
+                self.pass_start = self.evaluated;
+                self.evaluated = end;
+            }
+            debug_assert!(
+                i >= self.pass_start,
+                "positions are asked for in increasing order"
+            );
+            started = Instant::now();
+            choose(self.ctx.get_logits_ith((i - self.pass_start) as i32))
+        };
+        self.sampling_ms += ms(started);
+        self.sampled += 1;
+        Ok(chosen)
+    }
+}
+
+/// What verification found.
+pub(super) struct Verified {
+    pub(super) verdict: Verdict,
+    /// Rows and milliseconds of each target pass run.
+    passes: Vec<(usize, f64)>,
+}
+
+/// Verify the last token and the draft: the rows of the shared first pass,
+/// then the slot's own passes of at most `max_verify_batch` tokens,
+/// evaluated only as far as acceptance goes.
+pub(super) fn verify(
+    slot: usize,
     draft: &Draft,
+    first: FirstPass,
     seq: &mut Sequence,
-    slot: &mut Slot,
+    contexts: &mut Contexts,
+    limits: Limits,
 ) -> Result<Verified, EngineError> {
     let len = seq.tokens.len();
     let mut batch_tokens = Vec::with_capacity(draft.tokens.len() + 1);
     batch_tokens.push(seq.tokens[len - 1]);
     batch_tokens.extend_from_slice(&draft.tokens);
+    let evaluated = first.logits.len();
+    let mut passes = Vec::with_capacity(1);
+    if evaluated > 0 {
+        passes.push(first.pass);
+    }
     let mut window = VerifyWindow {
-        ctx: &mut slot.target,
-        batch: &mut slot.batch,
+        ctx: &mut contexts.target,
+        batch: &mut contexts.batch,
+        seq: slot as SeqId,
         tokens: &batch_tokens,
         start: len - 1,
-        chunk: plan.chunk,
-        evaluated: 0,
-        passes: Vec::with_capacity(1),
+        chunk: limits.max_verify_batch.max(1),
+        first: first.logits,
+        evaluated,
+        pass_start: evaluated,
+        passes,
         sampled: 0,
         sampling_ms: 0.0,
     };
@@ -465,29 +636,36 @@ fn verify(
     if window.sampled > 0 {
         seq.sample_ms = smooth_sample_ms(seq.sample_ms, window.sampling_ms / window.sampled as f64);
     }
+    // The shared first pass was counted where it ran.
+    for &(rows, _) in &window.passes[usize::from(evaluated > 0)..] {
+        contexts.target_passes.record(rows);
+    }
     Ok(Verified {
         verdict,
         passes: std::mem::take(&mut window.passes),
     })
 }
 
-/// Roll the target's cache, and the cache of this round's drafter model,
-/// back to the `keep` positions of the accepted prefix.
-fn roll_back(
+/// Roll the slot's sequence back to the `keep` positions of the accepted
+/// prefix in the target's cache and in this round's drafter model's.
+pub(super) fn roll_back(
+    slot: usize,
     plan: &Plan,
     seq: &mut Sequence,
-    slot: &mut Slot,
+    contexts: &mut Contexts,
     keep: usize,
 ) -> Result<(), EngineError> {
-    truncate_kv(&mut slot.target, keep)?;
+    let seq_id = slot as SeqId;
+    truncate_kv(&mut contexts.target, seq_id, keep)?;
     seq.target_past = keep;
     // Only this round's drafter model can hold positions past `keep`: the
     // others stopped at most at the start of this round.
     if let Some(m) = plan.drafter_model {
-        if let (Some(past), Some(ctx)) = (seq.drafter_past.get_mut(m), slot.drafters.get_mut(m)) {
+        if let (Some(past), Some(ctx)) = (seq.drafter_past.get_mut(m), contexts.drafters.get_mut(m))
+        {
             if *past > keep {
                 *past = keep;
-                truncate_kv(ctx, keep)?;
+                truncate_kv(ctx, seq_id, keep)?;
             }
         }
     }
@@ -496,7 +674,7 @@ fn roll_back(
 
 /// What the round teaches: the adaptive policy's costs and acceptance, and
 /// the request's statistics.
-fn record(
+pub(super) fn record(
     plan: &Plan,
     draft: &Draft,
     accepted: usize,
@@ -509,7 +687,9 @@ fn record(
         for &(tokens, pass_ms) in passes {
             p.cost.observe_pass(tokens, pass_ms);
         }
-        p.cost.observe_draft(draft.steps, draft.steps_ms);
+        if !draft.shared {
+            p.cost.observe_draft(draft.steps, draft.steps_ms);
+        }
         p.state.observe(
             plan.proposer,
             draft.tokens.len(),
@@ -543,6 +723,32 @@ fn record(
             *count += 1;
         }
     }
+}
+
+/// Finish a slot's round after verification: roll back, record, emit.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conclude(
+    target: &LlamaModel,
+    slot: usize,
+    plan: &Plan,
+    draft: &Draft,
+    verified: Verified,
+    seq: &mut Sequence,
+    contexts: &mut Contexts,
+    limits: Limits,
+    policy: Option<Policy>,
+) -> Result<Progress, EngineError> {
+    let Verdict { accepted, next } = verified.verdict;
+    let keep = seq.tokens.len() + accepted;
+    roll_back(slot, plan, seq, contexts, keep)?;
+    record(plan, draft, accepted, &verified.passes, seq, policy);
+    Ok(emit(
+        target,
+        limits.context,
+        &draft.tokens[..accepted],
+        next,
+        seq,
+    ))
 }
 
 /// Emit the accepted tokens and the target's own, stopping where due.

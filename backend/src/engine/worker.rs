@@ -1,9 +1,11 @@
-//! The engine thread. It owns llama.cpp: the backend, the models and one set
-//! of contexts per slot (a target context and one per model drafter). Requests
-//! arrive over a channel, prepared (validated and tokenized, see
-//! [`super::prepare`]), wait in a queue for a free slot, and advance one
-//! draft-and-verify round at a time, slots in turn, so concurrent requests
-//! share the thread fairly. Each request streams its events on its own channel.
+//! The engine thread. It owns llama.cpp: the backend, the models and their
+//! contexts (a target context and one per drafter model, each holding one
+//! sequence per slot). Requests arrive over a channel, prepared (validated
+//! and tokenized, see [`super::prepare`]), wait in a queue for a free slot,
+//! and advance together: each engine step runs one draft-and-verify round
+//! of every ready slot, their passes shared (see [`super::round`]), and
+//! reads a piece of the prompts still being read. Each request streams its
+//! events on its own channel.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,15 +22,21 @@ use crate::speculative::bandit::Bandit;
 use crate::speculative::sampling::SamplingParams;
 use crate::speculative::text::TextAssembler;
 
-use super::calibrate::{calibrate, verification_limit};
+use super::calibrate::{calibrate, kv_layout, verification_limit};
 use super::error::EngineError;
-use super::load::{batch_invariant_kv, load_models, Invariance, LoadedDrafter, LoadedModels, Slot};
-use super::pass::{ms, SamplingCosts};
+use super::load::{
+    batch_invariant_kv, load_models, ContextShape, Contexts, Invariance, LoadedDrafter,
+    LoadedModels,
+};
+use super::pass::{ms, SamplingCosts, SeqId};
 use super::prepare::{Candidate, Prepared, Preparer};
 use super::request::{main_drafter, DrafterStats, GenerationEvent, GenerationStats};
-use super::round::{round, Policy, Progress};
+use super::round::{
+    conclude, draft_all, first_passes, is_ready, plan, read_prompts, roll_back, verify, Limits,
+    Plan, Policy, Progress,
+};
 use super::runtime::runtime_info;
-use super::{AdaptiveReport, BanditReport, EngineConfig, EngineInfo};
+use super::{AdaptiveReport, BanditReport, EngineConfig, EngineInfo, PassCounters};
 
 /// A message to the engine thread: a request prepared for it.
 pub(super) struct Command {
@@ -45,6 +53,7 @@ pub(super) fn run(
     reports: Arc<Mutex<AdaptiveReports>>,
     bandit_reports: Arc<Mutex<BanditReports>>,
     waiting_gauge: Arc<AtomicUsize>,
+    pass_counters: Arc<PassCounters>,
 ) {
     let LoadedModels {
         target,
@@ -67,7 +76,7 @@ pub(super) fn run(
     };
     // Shared with the thread that tokenizes requests.
     let target = Arc::new(target);
-    let threads = config.threads as i32;
+    let slot_count = config.slots.max(1);
     let invariant = Invariance {
         target: batch_invariant_kv(&runtime, config.target.gpu_layers),
         drafters: drafter_gpu_layers
@@ -75,32 +84,42 @@ pub(super) fn run(
             .map(|&layers| batch_invariant_kv(&runtime, layers))
             .collect(),
     };
-    let mut slots = Vec::with_capacity(config.slots);
-    for _ in 0..config.slots.max(1) {
-        match Slot::new(
-            &target,
-            &drafter_models,
-            config.target.context,
-            threads,
-            &invariant,
-        ) {
-            Ok(slot) => slots.push(slot),
+    let layout = kv_layout(&config, &runtime);
+    let shape = ContextShape {
+        context: config.target.context,
+        sequences: slot_count as u32,
+        threads: config.threads as i32,
+        layout,
+    };
+    let mut contexts =
+        match Contexts::new(&target, &drafter_models, shape, &invariant, pass_counters) {
+            Ok(contexts) => contexts,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
-        }
-    }
+        };
     let verification =
-        match verification_limit(&config, &runtime, &target, &drafters, &mut slots[0]) {
+        match verification_limit(&config, &runtime, &target, &drafters, &mut contexts) {
             Ok(v) => v,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
-    let max_verify_batch = verification.max_verify_batch;
-    let calibration = match calibrate(&target, &drafters, &mut slots[0], max_verify_batch) {
+    let limits = Limits {
+        context: config.target.context as usize,
+        max_verify_batch: verification.max_verify_batch,
+        shared_pass_rows: verification.shared_pass_rows,
+        prompt_granularity: verification.prompt_granularity,
+        layout,
+    };
+    let calibration = match calibrate(
+        &target,
+        &drafters,
+        &mut contexts,
+        verification.max_verify_batch,
+    ) {
         Ok(calibration) => calibration,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -113,7 +132,7 @@ pub(super) fn run(
         drafters: drafters.iter().map(|d| d.name.clone()).collect(),
         drafter_models: drafter_models.len(),
         has_chat_template: target.chat_template(None).is_ok(),
-        slots: slots.len(),
+        slots: slot_count,
         verification,
         runtime,
         costs: calibration.table.clone(),
@@ -129,9 +148,10 @@ pub(super) fn run(
     let mut scheduler = Scheduler {
         target: &target,
         drafters: &drafters,
-        context: config.target.context as usize,
-        max_verify_batch,
-        slots,
+        limits,
+        slots: (0..slot_count).map(|_| None).collect(),
+        contexts,
+        prompt_turn: 0,
         waiting: VecDeque::new(),
         costs: calibration.costs,
         sampling_costs: calibration.sampling,
@@ -185,9 +205,13 @@ pub(super) struct Sequence {
 struct Scheduler<'m> {
     target: &'m LlamaModel,
     drafters: &'m [LoadedDrafter],
-    context: usize,
-    max_verify_batch: usize,
-    slots: Vec<Slot<'m>>,
+    limits: Limits,
+    /// The sequence generated in each slot (its sequence id in the contexts
+    /// is the slot's index).
+    slots: Vec<Option<Sequence>>,
+    contexts: Contexts<'m>,
+    /// The slot whose prompt is read first in the next step.
+    prompt_turn: usize,
     waiting: VecDeque<(Prepared, UnboundedSender<GenerationEvent>)>,
     /// Cost model per drafter (calibrated at start-up), for adaptive drafting.
     costs: Vec<CostModel>,
@@ -209,7 +233,7 @@ impl<'m> Scheduler<'m> {
     fn serve(&mut self, mut commands: UnboundedReceiver<Command>) {
         let mut open = true;
         loop {
-            let busy = self.slots.iter().any(|s| s.sequence.is_some());
+            let busy = self.slots.iter().any(Option::is_some);
             if !busy && self.waiting.is_empty() {
                 if !open {
                     return;
@@ -232,9 +256,7 @@ impl<'m> Scheduler<'m> {
             self.waiting_gauge
                 .store(self.waiting.len(), Ordering::Relaxed);
             self.admit();
-            for index in 0..self.slots.len() {
-                self.advance(index);
-            }
+            self.step();
         }
     }
 
@@ -245,8 +267,8 @@ impl<'m> Scheduler<'m> {
 
     /// Move waiting requests into free slots.
     fn admit(&mut self) {
-        for slot in &mut self.slots {
-            if slot.sequence.is_some() {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.is_some() {
                 continue;
             }
             let Some((p, events)) = self.waiting.pop_front() else {
@@ -255,10 +277,7 @@ impl<'m> Scheduler<'m> {
             if events.is_closed() {
                 continue;
             }
-            slot.target.clear_kv_cache();
-            for ctx in &mut slot.drafters {
-                ctx.clear_kv_cache();
-            }
+            self.contexts.clear_sequence(index as SeqId);
             let stats = GenerationStats {
                 prompt_tokens: p.tokens.len(),
                 ..GenerationStats::default()
@@ -270,7 +289,7 @@ impl<'m> Scheduler<'m> {
                     .first()
                     .map(|c| self.drafters[c.drafter].name.clone()),
             });
-            slot.sequence = Some(Sequence {
+            *slot = Some(Sequence {
                 events,
                 arms: p.candidates.iter().map(|c| c.drafter).collect(),
                 by_candidate: vec![DrafterStats::default(); p.candidates.len()],
@@ -288,7 +307,7 @@ impl<'m> Scheduler<'m> {
                 max_tokens: p.max_tokens,
                 tokens: p.tokens,
                 target_past: 0,
-                drafter_past: vec![0; slot.drafters.len()],
+                drafter_past: vec![0; self.contexts.drafters.len()],
                 text: TextAssembler::new(p.stop),
                 stats,
                 started: Instant::now(),
@@ -296,62 +315,162 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// Run one round for the slot's sequence and report its outcome.
-    fn advance(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        let Some(seq) = slot.sequence.as_mut() else {
-            return;
-        };
-        if seq.events.is_closed() {
-            // The caller went away: free the slot.
-            slot.sequence = None;
+    /// One engine step: free the slots whose caller went away, read a
+    /// piece of the waiting prompts, then one round for every ready slot,
+    /// the slots' drafting and verification sharing passes.
+    fn step(&mut self) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|seq| seq.events.is_closed()) {
+                *slot = None;
+            }
+        }
+        let turn = self.prompt_turn;
+        self.prompt_turn = (turn + 1) % self.slots.len().max(1);
+        if let Err((index, e)) =
+            read_prompts(&mut self.slots, &mut self.contexts, self.limits, turn)
+        {
+            self.finish_round(index, Err(e));
+        }
+        let ready: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].as_ref().is_some_and(is_ready))
+            .collect();
+        if ready.is_empty() {
             return;
         }
-        // Several candidates: the language's bandit picks this round's.
-        // With one (or none) there is nothing to choose and nothing to learn.
-        let choosing = seq.candidates.len() > 1;
-        if choosing {
-            seq.current = match self.bandits.get(&seq.language) {
-                Some(bandit) => bandit.choose(&seq.arms),
-                None => 0,
+        // Plan every ready slot's round, each weighing what it adds to the
+        // passes the others fill.
+        let others = ready.len() - 1;
+        let started = Instant::now();
+        let mut rounds: Vec<(usize, Plan)> = Vec::with_capacity(ready.len());
+        let mut keys: Vec<Option<AdaptiveKey>> = Vec::with_capacity(ready.len());
+        let mut choosing: Vec<Option<usize>> = Vec::with_capacity(ready.len());
+        for &index in &ready {
+            let Some(seq) = self.slots[index].as_mut() else {
+                continue;
             };
+            // Several candidates: the language's bandit picks this round's.
+            // With one (or none) there is nothing to choose and nothing to learn.
+            if seq.candidates.len() > 1 {
+                seq.current = match self.bandits.get(&seq.language) {
+                    Some(bandit) => bandit.choose(&seq.arms),
+                    None => 0,
+                };
+            }
+            let candidate = seq.candidates.get(seq.current).copied();
+            let key = candidate
+                .filter(|c| c.draft.adaptive && c.drafter < self.costs.len())
+                .map(|c| (c.drafter, seq.language.clone(), seq.sampling.is_greedy()));
+            let mut policy = key
+                .as_ref()
+                .and_then(|key| policy(&mut self.costs, &mut self.adaptive, key));
+            let plan = plan(seq, self.limits, others, policy.as_mut());
+            choosing.push(
+                candidate
+                    .filter(|_| seq.candidates.len() > 1)
+                    .map(|c| c.drafter),
+            );
+            keys.push(key);
+            rounds.push((index, plan));
         }
-        let candidate = seq.candidates.get(seq.current).copied();
-        let policy = match candidate {
-            Some(c) if c.draft.adaptive => self.costs.get_mut(c.drafter).map(|cost| Policy {
-                cost,
-                state: self
-                    .adaptive
-                    .entry((c.drafter, seq.language.clone(), seq.sampling.is_greedy()))
-                    .or_default(),
-            }),
-            _ => None,
+        let target_vocab = self.target.vocab().n_tokens().max(0) as usize;
+        let drafts = match draft_all(
+            &rounds,
+            &mut self.slots,
+            &mut self.contexts,
+            self.limits,
+            target_vocab,
+        ) {
+            Ok(drafts) => drafts,
+            Err((index, e)) => return self.fail_step(&rounds, index, e),
         };
-        let adaptive_key = policy
-            .as_ref()
-            .and(candidate)
-            .map(|c| (c.drafter, seq.language.clone(), seq.sampling.is_greedy()));
-        let outcome = round(
-            self.target,
-            self.context,
-            self.max_verify_batch,
-            slot,
-            policy,
-        );
-        if let (true, Ok(_), Some(c)) = (choosing, &outcome, candidate) {
-            self.learn(index, c.drafter);
+        let draft_ms = ms(started);
+        let started = Instant::now();
+        let firsts = match first_passes(
+            &rounds,
+            &drafts,
+            &self.slots,
+            &mut self.contexts,
+            self.limits,
+        ) {
+            Ok(firsts) => firsts,
+            Err((index, e)) => return self.fail_step(&rounds, index, e),
+        };
+        for ((((index, plan), draft), first), (key, chooser)) in rounds
+            .iter()
+            .zip(&drafts)
+            .zip(firsts)
+            .zip(keys.iter().zip(&choosing))
+        {
+            let index = *index;
+            let Some(mut seq) = self.slots[index].take() else {
+                continue;
+            };
+            let outcome = verify(
+                index,
+                draft,
+                first,
+                &mut seq,
+                &mut self.contexts,
+                self.limits,
+            )
+            .and_then(|verified| {
+                // The round committed the accepted tokens and the target's own.
+                let verify_ms = ms(started);
+                seq.stats.draft_ms += draft_ms;
+                seq.stats.verify_ms += verify_ms;
+                seq.last_round = Some((verified.verdict.accepted + 1, draft_ms + verify_ms));
+                let policy = key
+                    .as_ref()
+                    .and_then(|key| policy(&mut self.costs, &mut self.adaptive, key));
+                conclude(
+                    self.target,
+                    index,
+                    plan,
+                    draft,
+                    verified,
+                    &mut seq,
+                    &mut self.contexts,
+                    self.limits,
+                    policy,
+                )
+            });
+            self.slots[index] = Some(seq);
+            if let (Ok(_), Some(drafter)) = (&outcome, chooser) {
+                self.learn(index, *drafter);
+            }
+            self.finish_round(index, outcome);
+            if let Some(key) = key {
+                self.report(key);
+            }
         }
-        self.finish_round(index, outcome);
-        if let Some(key) = adaptive_key {
-            self.report(&key);
+    }
+
+    /// A pass shared by the step's rounds failed: the slot it is blamed on
+    /// fails, and the others' rounds are abandoned (their caches rolled back
+    /// to what they had committed), to be run again next step.
+    fn fail_step(&mut self, rounds: &[(usize, Plan)], failed: usize, error: EngineError) {
+        for (index, plan) in rounds {
+            if *index == failed {
+                continue;
+            }
+            let Some(mut seq) = self.slots[*index].take() else {
+                continue;
+            };
+            let keep = seq.tokens.len() - 1;
+            let outcome = roll_back(*index, plan, &mut seq, &mut self.contexts, keep);
+            self.slots[*index] = Some(seq);
+            if let Err(e) = outcome {
+                self.finish_round(*index, Err(e));
+            }
         }
+        self.finish_round(failed, Err(error));
     }
 
     /// Feed the round just run with `drafter` to its language's bandit:
     /// tokens produced per second of drafting and verification (a drafter
     /// model's catch-up on tokens it had not seen included).
     fn learn(&mut self, index: usize, drafter: usize) {
-        let Some(seq) = self.slots[index].sequence.as_mut() else {
+        let Some(seq) = self.slots[index].as_mut() else {
             return;
         };
         let Some((tokens, round_ms)) = seq.last_round.take() else {
@@ -384,7 +503,7 @@ impl<'m> Scheduler<'m> {
     /// Stream the end of a generation that finished or failed in this round.
     fn finish_round(&mut self, index: usize, outcome: Result<Progress, EngineError>) {
         let slot = &mut self.slots[index];
-        let Some(seq) = slot.sequence.as_mut() else {
+        let Some(seq) = slot.as_mut() else {
             return;
         };
         match outcome {
@@ -415,12 +534,12 @@ impl<'m> Scheduler<'m> {
                     reason,
                     stats: std::mem::take(&mut seq.stats),
                 });
-                slot.sequence = None;
+                *slot = None;
             }
             Err(e) => {
                 tracing::error!(error = %e, "generation failed");
                 let _ = seq.events.send(GenerationEvent::Failed(e));
-                slot.sequence = None;
+                *slot = None;
             }
         }
     }
@@ -428,7 +547,7 @@ impl<'m> Scheduler<'m> {
 
 impl Scheduler<'_> {
     /// Publish the adaptive state of `key` for metrics.
-    fn report(&self, key: &(usize, String, bool)) {
+    fn report(&self, key: &AdaptiveKey) {
         let (Some(state), Some(drafter), Some(cost)) = (
             self.adaptive.get(key),
             self.drafters.get(key.0),
@@ -462,6 +581,20 @@ impl Scheduler<'_> {
             );
         }
     }
+}
+
+/// Adaptive state key: drafter, language, and greedy (else sampled).
+type AdaptiveKey = (usize, String, bool);
+
+/// The adaptive policy of `key`: its drafter's costs and its state.
+fn policy<'a>(
+    costs: &'a mut [CostModel],
+    adaptive: &'a mut BTreeMap<AdaptiveKey, AdaptiveState>,
+    key: &AdaptiveKey,
+) -> Option<Policy<'a>> {
+    let cost = costs.get_mut(key.0)?;
+    let state = adaptive.entry(key.clone()).or_default();
+    Some(Policy { cost, state })
 }
 
 /// Latest adaptive decision per drafter, language and greedy or sampled.

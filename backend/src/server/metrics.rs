@@ -9,7 +9,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::engine::{AdaptiveReport, BanditReport, DrafterStats, EngineInfo, GenerationStats};
+use crate::engine::{
+    AdaptiveReport, BanditReport, DrafterStats, EngineInfo, GenerationStats, PassTotals,
+};
 use crate::metric_names::{
     BANDIT_CHOICE_SHARE, BANDIT_TOKENS_PER_SECOND, LABEL_DRAFTER, LABEL_LANGUAGE, LABEL_LENGTH,
     LABEL_POSITION, LABEL_SAMPLING, NAMESPACE, SAMPLING_GREEDY, SAMPLING_SAMPLED,
@@ -44,6 +46,12 @@ pub struct Metrics {
     bandit_tokens_per_second: GaugeVec,
     verify_batch_max_tokens: IntGauge,
     verify_batch_exact_tokens: IntGauge,
+    shared_pass_max_rows: IntGauge,
+    target_passes: IntCounter,
+    target_pass_rows: IntCounter,
+    /// Held while the pass counters catch up with the engine's totals.
+    passes_sync: std::sync::Mutex<()>,
+    prompt_piece_tokens: IntGauge,
     cpu_backend: IntGaugeVec,
 }
 
@@ -218,6 +226,29 @@ impl Metrics {
             "Largest target pass measured at start-up to give logits bit-identical to \
              single-token decoding (0: not measured, no drafters).",
         );
+        let shared_pass_max_rows = gauge(
+            &registry,
+            "shared_pass_max_rows",
+            "Most rows one target pass holds when it serves several slots (on CPU: rows of \
+             different sequences measured at start-up to stay bit-identical to single-token \
+             decoding).",
+        );
+        let prompt_piece_tokens = gauge(
+            &registry,
+            "prompt_piece_tokens",
+            "Prompt tokens read per engine step while other slots decode (a size measured at \
+             start-up to leave the cache reading the prompt at once leaves).",
+        );
+        let target_passes = counter(
+            &registry,
+            "target_passes_total",
+            "Target model passes run (prompt pieces and verification).",
+        );
+        let target_pass_rows = counter(
+            &registry,
+            "target_pass_rows_total",
+            "Rows (tokens) those target passes held; rows / passes is the mean batch.",
+        );
         let cpu_backend = register(
             &registry,
             IntGaugeVec::new(
@@ -252,6 +283,11 @@ impl Metrics {
             bandit_tokens_per_second,
             verify_batch_max_tokens,
             verify_batch_exact_tokens,
+            shared_pass_max_rows,
+            target_passes,
+            target_pass_rows,
+            passes_sync: std::sync::Mutex::new(()),
+            prompt_piece_tokens,
             cpu_backend,
         }
     }
@@ -267,6 +303,10 @@ impl Metrics {
                 .as_ref()
                 .map_or(0, |e| e.exact_tokens as i64),
         );
+        self.shared_pass_max_rows
+            .set(verification.shared_pass_rows as i64);
+        self.prompt_piece_tokens
+            .set(verification.prompt_granularity as i64);
         self.cpu_backend
             .with_label_values(&[
                 info.runtime.cpu_module().as_str(),
@@ -292,6 +332,20 @@ impl Metrics {
                     .with_label_values(&labels)
                     .set(r.expected_tokens_per_second / r.plain_tokens_per_second);
             }
+        }
+    }
+
+    /// Bring the target pass counters up to the engine's totals.
+    pub fn observe_passes(&self, totals: PassTotals) {
+        let _sync = self
+            .passes_sync
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (counter, total) in [
+            (&self.target_passes, totals.passes),
+            (&self.target_pass_rows, totals.rows),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 

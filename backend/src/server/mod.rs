@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub model_name: String,
     /// Sequences generated concurrently.
     pub slots: usize,
+    /// How passes serving several slots are bounded.
+    pub batching: crate::engine::Batching,
     /// Requests that may wait for a slot.
     pub max_waiting: usize,
     /// Longest a request may take.
@@ -59,6 +61,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let mut engine_config = EngineConfig::from_registry(&config.registry);
     engine_config.threads = config.threads;
     engine_config.slots = config.slots;
+    engine_config.batching = config.batching;
     let (load_failed_tx, load_failed) = tokio::sync::oneshot::channel::<String>();
     {
         let service = Arc::clone(&service);

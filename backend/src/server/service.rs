@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{DraftParams, RegistryConfig};
 use crate::engine::{
     AdaptiveReport, BanditReport, Candidate, DrafterChoice, Engine, EngineError, FinishReason,
-    GenerationEvent, GenerationRequest, GenerationStats,
+    GenerationEvent, GenerationRequest, GenerationStats, PassTotals,
 };
 use crate::registry::Registry;
 
@@ -40,6 +40,11 @@ pub trait Backend: Send + Sync + 'static {
     fn failure(&self) -> Option<String> {
         None
     }
+
+    /// Target passes run and the rows they held, for metrics.
+    fn pass_totals(&self) -> PassTotals {
+        PassTotals::default()
+    }
 }
 
 impl Backend for Engine {
@@ -57,6 +62,10 @@ impl Backend for Engine {
 
     fn failure(&self) -> Option<String> {
         Engine::failure(self)
+    }
+
+    fn pass_totals(&self) -> PassTotals {
+        Engine::pass_totals(self)
     }
 }
 
@@ -162,6 +171,7 @@ impl Service {
         if let Some(backend) = self.backend.get() {
             self.metrics.observe_adaptive(&backend.adaptive_reports());
             self.metrics.observe_bandits(&backend.bandit_reports());
+            self.metrics.observe_passes(backend.pass_totals());
         }
         self.metrics.render()
     }

@@ -105,6 +105,28 @@ impl CostModel {
         Some(model)
     }
 
+    /// The costs one sequence adds to passes that `others` rows of other
+    /// sequences already fill: a pass of `n` of its tokens costs what a pass
+    /// of `others + n` costs beyond one of `others`, and a draft step (also
+    /// shared by the sequences drafting with the same model) its share in
+    /// the same proportion. With no others, the costs themselves.
+    pub fn shared_by(&self, others: usize) -> CostModel {
+        if others == 0 {
+            return self.clone();
+        }
+        let base = self.relative_pass(others);
+        let relative: Vec<f64> = (1..=self.relative.len())
+            .map(|n| (self.relative_pass(others + n) - base).max(f64::EPSILON))
+            .collect();
+        let marginal = relative[0];
+        CostModel {
+            unit_ms: self.unit_ms,
+            draft_step: self.draft_step * marginal.min(1.0),
+            relative,
+            draft_samples: self.draft_samples,
+        }
+    }
+
     /// Milliseconds of a one-token target pass.
     pub fn unit_ms(&self) -> f64 {
         self.unit_ms
@@ -631,6 +653,32 @@ mod tests {
     /// A CPU whose batches cost as much per token as single tokens.
     fn linear_cpu() -> CostModel {
         CostModel::calibrated(&[(1, 50.0), (2, 100.0), (4, 200.0), (7, 350.0)], 20.0, 7).unwrap()
+    }
+
+    #[test]
+    fn a_shared_pass_costs_a_sequence_what_its_rows_add() {
+        let alone = cpu_with_cheap_batches();
+        let shared = alone.shared_by(2);
+        // Two rows of others already pay 38 ms: one more row adds 11 ms,
+        // two more add 23 ms.
+        assert!((shared.pass_ms(1) - 11.0).abs() < 1e-9);
+        assert!((shared.pass_ms(2) - 23.0).abs() < 1e-9);
+        // The draft step is shared in the same proportion.
+        assert!((shared.draft_step_ms() - 14.0 * 11.0 / 25.0).abs() < 1e-9);
+        assert_eq!(alone.shared_by(0), alone);
+        // Cheap shared rows make plain decoding relatively cheaper: the
+        // expected gain of a draft shrinks under load.
+        let acceptance = [0.7; 8];
+        let gain = |c: &CostModel| {
+            rate(c.expected_round(3, &acceptance, 8, 0.0))
+                / rate(c.expected_round(0, &acceptance, 8, 0.0))
+        };
+        assert!(
+            gain(&shared) < gain(&alone),
+            "{} vs {}",
+            gain(&shared),
+            gain(&alone)
+        );
     }
 
     #[test]

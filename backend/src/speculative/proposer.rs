@@ -46,36 +46,97 @@ pub fn propose<M: DraftModel, R: Rng + ?Sized>(
     sampling: &SamplingParams,
     rng: &mut R,
 ) -> Result<Proposal, M::Error> {
-    let mut proposal = Proposal {
-        tokens: Vec::with_capacity(k),
-        ..Proposal::default()
-    };
-    while proposal.tokens.len() < k {
-        let logits = model.logits();
-        if p_min > 0.0 && sampling::top_probability(logits) < p_min {
-            proposal.stopped_early = true;
-            break;
+    let mut drafting = Proposing::new(k, p_min, position);
+    while let Next::Feed(token) = drafting.step(model.logits(), sampling, rng) {
+        model.feed(token)?;
+    }
+    Ok(drafting.finish())
+}
+
+/// What a drafter model does after a drafting step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Evaluate this drafted token and step again with its logits.
+    Feed(u32),
+    /// The draft is complete.
+    Done,
+}
+
+/// [`propose`] one step at a time, for an engine that evaluates the
+/// drafted tokens of several sequences in one pass: each step takes the
+/// drafter's logits for the next position and says whether to feed a token.
+#[derive(Debug)]
+pub struct Proposing {
+    k: usize,
+    p_min: f32,
+    position: usize,
+    proposal: Proposal,
+    done: bool,
+}
+
+impl Proposing {
+    /// Start a draft of up to `k` tokens at sequence position `position`.
+    pub fn new(k: usize, p_min: f32, position: usize) -> Self {
+        Self {
+            k,
+            p_min,
+            position,
+            proposal: Proposal {
+                tokens: Vec::with_capacity(k),
+                ..Proposal::default()
+            },
+            done: k == 0,
+        }
+    }
+
+    /// Whether the draft is complete.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Draft the next token from `logits` (see [`propose`]).
+    pub fn step<R: Rng + ?Sized>(
+        &mut self,
+        logits: &[f32],
+        sampling: &SamplingParams,
+        rng: &mut R,
+    ) -> Next {
+        if self.done || self.proposal.tokens.len() >= self.k {
+            self.done = true;
+            return Next::Done;
+        }
+        if self.p_min > 0.0 && sampling::top_probability(logits) < self.p_min {
+            self.proposal.stopped_early = true;
+            self.done = true;
+            return Next::Done;
         }
         let token = if sampling.is_greedy() {
             sampling::argmax(logits)
         } else {
             let q = sampling::distribution(logits, sampling);
             match sampling.seed {
-                Some(seed) => q.coupled_choice(seed, position + proposal.tokens.len()),
+                Some(seed) => q.coupled_choice(seed, self.position + self.proposal.tokens.len()),
                 None => {
                     let token = q.sample(rng);
-                    proposal.dists.push(q);
+                    self.proposal.dists.push(q);
                     token
                 }
             }
         };
-        proposal.tokens.push(token);
-        if proposal.tokens.len() < k {
-            model.feed(token)?;
-            proposal.fed += 1;
+        self.proposal.tokens.push(token);
+        if self.proposal.tokens.len() < self.k {
+            self.proposal.fed += 1;
+            Next::Feed(token)
+        } else {
+            self.done = true;
+            Next::Done
         }
     }
-    Ok(proposal)
+
+    /// The draft.
+    pub fn finish(self) -> Proposal {
+        self.proposal
+    }
 }
 
 /// Whether a draft shorter than the drafter's `min` is dropped (the round
