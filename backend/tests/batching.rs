@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use common::{chat, model_drafter, ngram_drafter, target_config, TRANSLATIONS};
 use specdec_backend::config::DraftParams;
@@ -50,8 +51,12 @@ fn request(
 /// Serve `requests` one at a time, then all at once; each answer must be
 /// the same token for token. The tests of this binary take turns, so that
 /// "alone" means alone.
-/// Also returns the target passes each way took.
-fn assert_concurrent_equals_alone(requests: Vec<GenerationRequest>) -> (Vec<Completion>, u64, u64) {
+/// Request `i` is sent `delays_ms[i]` after the first (none: at once). Also
+/// returns the target passes each way took.
+fn assert_concurrent_equals_alone(
+    requests: Vec<GenerationRequest>,
+    delays_ms: &[u64],
+) -> (Vec<Completion>, u64, u64) {
     static TURN: Mutex<()> = Mutex::new(());
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let engine = engine();
@@ -68,7 +73,14 @@ fn assert_concurrent_equals_alone(requests: Vec<GenerationRequest>) -> (Vec<Comp
     let together: Vec<Completion> = std::thread::scope(|scope| {
         let handles: Vec<_> = requests
             .iter()
-            .map(|r| scope.spawn(move || engine.generate_blocking(r.clone())))
+            .enumerate()
+            .map(|(i, r)| {
+                let delay = Duration::from_millis(delays_ms.get(i).copied().unwrap_or(0));
+                scope.spawn(move || {
+                    std::thread::sleep(delay);
+                    engine.generate_blocking(r.clone())
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -104,12 +116,15 @@ fn four_concurrent_greedy_requests_each_equal_the_request_alone() {
     assert!(v.shared_pass_rows <= measured.exact_tokens);
     assert_eq!(v.shared_pass_rows, measured.exact_sequences);
     let prompts: Vec<&str> = TRANSLATIONS.iter().map(|(_, p)| *p).collect();
-    let (together, _, _) = assert_concurrent_equals_alone(vec![
-        request(chat(prompts[1]), 40, None, 0, false),
-        request(chat(prompts[2]), 40, Some("qwen-0.5b"), 4, false),
-        request(chat(prompts[3]), 40, Some("qwen-0.5b"), 8, true),
-        request(chat(prompts[4]), 40, Some("ngram"), 8, false),
-    ]);
+    let (together, _, _) = assert_concurrent_equals_alone(
+        vec![
+            request(chat(prompts[1]), 40, None, 0, false),
+            request(chat(prompts[2]), 40, Some("qwen-0.5b"), 4, false),
+            request(chat(prompts[3]), 40, Some("qwen-0.5b"), 8, true),
+            request(chat(prompts[4]), 40, Some("ngram"), 8, false),
+        ],
+        &[],
+    );
     assert!(
         together[1].stats.draft_tokens > 0,
         "the drafter drafted while sharing passes"
@@ -131,26 +146,36 @@ fn a_long_prompt_read_beside_streaming_requests_gives_the_same_tokens() {
             .repeat(3)
     );
     let prompts: Vec<&str> = TRANSLATIONS.iter().map(|(_, p)| *p).collect();
-    let (together, _, _) = assert_concurrent_equals_alone(vec![
-        request(chat(prompts[0]), 48, Some("qwen-0.5b"), 4, false),
-        request(chat(&long), 16, None, 0, false),
-        request(chat(prompts[2]), 48, None, 0, false),
-    ]);
+    let (together, _, _) = assert_concurrent_equals_alone(
+        vec![
+            request(chat(prompts[0]), 48, Some("qwen-0.5b"), 4, false),
+            request(chat(&long), 16, None, 0, false),
+            request(chat(prompts[2]), 48, None, 0, false),
+        ],
+        &[0, 1500, 0],
+    );
+    // Sent once the others decode, the long prompt was read in pieces.
+    let long = &together[1].stats;
+    let granularity = engine().info().verification.prompt_granularity as u64;
     assert!(
-        together[1].stats.prompt_tokens > 2 * engine().info().verification.prompt_granularity,
-        "the long prompt spans several pieces: {} tokens",
-        together[1].stats.prompt_tokens
+        long.prompt_passes >= long.prompt_tokens as u64 / granularity / 2,
+        "{} prompt tokens read in {} passes",
+        long.prompt_tokens,
+        long.prompt_passes
     );
 }
 
 #[test]
 fn requests_served_together_share_target_passes() {
     let prompts: Vec<&str> = TRANSLATIONS.iter().map(|(_, p)| *p).collect();
-    let (_, alone, together) = assert_concurrent_equals_alone(vec![
-        request(chat(prompts[1]), 32, None, 0, false),
-        request(chat(prompts[2]), 32, None, 0, false),
-        request(chat(prompts[4]), 32, None, 0, false),
-    ]);
+    let (_, alone, together) = assert_concurrent_equals_alone(
+        vec![
+            request(chat(prompts[1]), 32, None, 0, false),
+            request(chat(prompts[2]), 32, None, 0, false),
+            request(chat(prompts[4]), 32, None, 0, false),
+        ],
+        &[],
+    );
     // Alone, each plain token is a pass of its own; together, up to three
     // slots' tokens share one.
     assert!(

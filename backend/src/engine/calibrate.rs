@@ -17,7 +17,9 @@ use super::error::EngineError;
 use super::exactness;
 use super::load::{Contexts, LoadedDrafter};
 use super::pass::KvLayout;
-use super::pass::{decode_chunked, decode_timed, ms, truncate_kv, SamplingCosts, PROMPT_CHUNK};
+use super::pass::{
+    decode_chunked, decode_timed, ms, truncate_kv, SamplingCosts, MAX_PROMPT_PIECE, PROMPT_CHUNK,
+};
 use super::runtime::RuntimeInfo;
 use super::{Batching, CalibratedCosts, EngineConfig, Verification, MAX_VERIFY_BATCH};
 
@@ -114,15 +116,15 @@ pub(super) fn kv_layout(config: &EngineConfig, runtime: &RuntimeInfo) -> KvLayou
     }
 }
 
-/// Prompt tokens per piece with throughput batching on CPU: about what a
-/// step of the other slots costs, so that reading a long prompt beside them
-/// slows their tokens down by about half.
-const CPU_THROUGHPUT_PROMPT_PIECE: usize = 4;
+/// Prompt tokens per piece with throughput batching on CPU, riding in the
+/// decoding slots' pass: a pass of a few slots' rows and eight more costs
+/// well under twice one without them.
+const CPU_THROUGHPUT_PROMPT_PIECE: usize = 8;
 
 /// Prompt tokens per piece on a GPU, where passes are not held to bitwise
 /// equality: small enough that a long prompt read beside decoding slots
 /// delays them little, large enough to keep the device busy.
-const GPU_PROMPT_GRANULARITY: usize = 128;
+const GPU_PROMPT_GRANULARITY: usize = MAX_PROMPT_PIECE;
 
 /// Pass sizes measured at start-up: every size up to 16 (the verification
 /// cost curve) and the largest a round may verify; sizes in between are

@@ -14,7 +14,7 @@ use llama_cpp_2::model::LlamaModel;
 use crate::config::{DraftParams, DrafterKind};
 
 use super::error::EngineError;
-use super::pass::{KvLayout, PROMPT_CHUNK};
+use super::pass::{KvLayout, MAX_PROMPT_PIECE, PROMPT_CHUNK};
 use super::runtime::{backend, RuntimeInfo};
 use super::vocab::{check_compatible, VocabInfo};
 use super::{EngineConfig, PassCounters};
@@ -191,9 +191,9 @@ fn new_context<'m>(
 }
 
 /// Rows one pass may hold: a prompt chunk, or one step's rows of every slot
-/// (a whole verification window each).
+/// (a whole verification window and a prompt piece each).
 pub(super) fn batch_capacity(slots: usize) -> usize {
-    PROMPT_CHUNK.max(slots.max(1) * (DraftParams::MAX_DRAFT as usize + 1))
+    PROMPT_CHUNK.max(slots.max(1) * (DraftParams::MAX_DRAFT as usize + 1 + MAX_PROMPT_PIECE))
 }
 
 /// How contexts are sized.

@@ -17,6 +17,9 @@ use super::error::EngineError;
 /// Tokens evaluated per llama.cpp batch when reading a prompt.
 pub(super) const PROMPT_CHUNK: usize = 512;
 
+/// Most prompt tokens a slot reads in one engine step while others decode.
+pub(super) const MAX_PROMPT_PIECE: usize = 128;
+
 /// Milliseconds since `since`.
 pub(super) fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0

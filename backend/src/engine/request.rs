@@ -209,6 +209,9 @@ pub struct GenerationStats {
     pub rounds_by_draft_length: Vec<u64>,
     /// Milliseconds evaluating the prompt.
     pub prefill_ms: f64,
+    /// Target passes the prompt was read in (more than one or two when it
+    /// was read in pieces beside decoding slots).
+    pub prompt_passes: u64,
     /// Milliseconds spent drafting.
     pub draft_ms: f64,
     /// Milliseconds spent in target verification passes.

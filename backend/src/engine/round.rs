@@ -80,58 +80,110 @@ fn smooth_sample_ms(old: f64, new: f64) -> f64 {
     SAMPLE_COST_SMOOTHING * old + (1.0 - SAMPLE_COST_SMOOTHING) * new
 }
 
-/// Read a piece of the waiting prompts (all but each prompt's last token,
-/// which opens its first round). While other slots decode, one piece of
-/// `prompt_granularity` tokens per step, so that a long prompt delays them
-/// by one short pass per token they stream; otherwise up to a prompt chunk
-/// per prompting slot. `first` rotates the slot served first. Every piece
-/// ends on a multiple of the granularity, or is the prompt's remainder
-/// alone (see [`prompt_piece`]), so the cache holds what reading the
-/// prompt at once leaves.
+/// Prompt rows to evaluate in the step's shared target pass (a unified
+/// cache computes any pass at once, so a piece of a prompt rides along with
+/// the other slots' verification rows instead of a pass of its own).
+#[derive(Debug, Default)]
+pub(super) struct RidingPieces {
+    rows: Vec<Row>,
+    /// (slot, tokens) per piece, to advance once the pass has run.
+    pieces: Vec<(usize, usize)>,
+}
+
+/// Read pieces of the waiting prompts (all but each prompt's last token,
+/// which opens its first round). With no slot decoding, a piece of up to a
+/// prompt chunk per prompting slot. While other slots decode, pieces of
+/// `prompt_granularity` tokens, slot after slot from `first`, for as long
+/// as the step's decoding took last time (`decode_ms`, at least one piece):
+/// a long prompt then at most doubles the others' time between tokens. Over
+/// a unified cache those pieces ride in the step's shared pass instead
+/// (returned). Every piece ends on a multiple of the granularity, or is the
+/// prompt's remainder alone (see [`prompt_piece`]), so the cache holds what
+/// reading the prompt at once leaves.
 pub(super) fn read_prompts(
     slots: &mut [Option<Sequence>],
     contexts: &mut Contexts,
     limits: Limits,
     first: usize,
-) -> Result<(), (usize, EngineError)> {
-    let decoding = slots
-        .iter()
-        .flatten()
-        .any(|seq| seq.target_past + 1 >= seq.tokens.len());
+    decode_ms: f64,
+) -> Result<RidingPieces, (usize, EngineError)> {
+    let decoding = slots.iter().flatten().any(is_ready);
+    let mut riding = RidingPieces::default();
     let budget = if decoding {
         limits.prompt_granularity
     } else {
         PROMPT_CHUNK
     };
+    // Over a unified cache, pieces of several prompts share a pass: beside
+    // decoding slots, the step's shared pass; otherwise one of their own.
+    let rides = limits.layout == KvLayout::Unified;
+    let started = Instant::now();
+    let mut read_any = false;
     let n = slots.len();
-    for index in (0..n).map(|i| (first + i) % n) {
-        let Some(seq) = slots[index].as_mut() else {
-            continue;
-        };
-        let end = seq.tokens.len() - 1;
-        if seq.target_past >= end {
-            continue;
+    // While others decode, slots take turns until the time is spent.
+    let mut pending: Vec<usize> = (0..n).map(|i| (first + i) % n).collect();
+    while !pending.is_empty() {
+        let mut next = Vec::with_capacity(pending.len());
+        for index in pending {
+            if decoding && read_any && ms(started) >= decode_ms {
+                return Ok(riding);
+            }
+            let Some(seq) = slots[index].as_mut() else {
+                continue;
+            };
+            let end = seq.tokens.len() - 1;
+            if seq.target_past >= end {
+                continue;
+            }
+            let piece = prompt_piece(seq.target_past, end, limits.prompt_granularity, budget);
+            let tokens = &seq.tokens[seq.target_past..seq.target_past + piece];
+            let rows = Row::run(index as SeqId, tokens, seq.target_past, false);
+            if rides {
+                // One piece per prompting slot, as many as a prompt chunk holds.
+                if !riding.pieces.is_empty() && riding.rows.len() + rows.len() > PROMPT_CHUNK {
+                    continue;
+                }
+                riding
+                    .rows
+                    .extend(rows.into_iter().map(|r| Row { logits: false, ..r }));
+                riding.pieces.push((index, piece));
+                continue;
+            }
+            let piece_started = Instant::now();
+            decode_rows_timed(&mut contexts.target, &mut contexts.batch, &rows)
+                .map_err(|e| (index, e))?;
+            contexts.target_passes.record(piece);
+            seq.target_past += piece;
+            seq.stats.prefill_ms += ms(piece_started);
+            seq.stats.prompt_passes += 1;
+            read_any = true;
+            if decoding && seq.target_past < end {
+                next.push(index);
+            }
         }
-        let started = Instant::now();
-        let piece = prompt_piece(seq.target_past, end, limits.prompt_granularity, budget);
-        let tokens = &seq.tokens[seq.target_past..seq.target_past + piece];
-        decode_timed(
-            &mut contexts.target,
-            &mut contexts.batch,
-            index as SeqId,
-            tokens,
-            seq.target_past,
-            false,
-        )
-        .map_err(|e| (index, e))?;
-        contexts.target_passes.record(piece);
-        seq.target_past += piece;
-        seq.stats.prefill_ms += ms(started);
-        if decoding {
-            return Ok(());
+        if !decoding {
+            break;
         }
+        pending = next;
     }
-    Ok(())
+    if rides && !decoding && !riding.rows.is_empty() {
+        // No step pass to ride in: the pieces' own pass.
+        let started = Instant::now();
+        let blamed = riding.pieces[0].0;
+        decode_rows_timed(&mut contexts.target, &mut contexts.batch, &riding.rows)
+            .map_err(|e| (blamed, e))?;
+        contexts.target_passes.record(riding.rows.len());
+        let took = ms(started);
+        for (slot, tokens) in riding.pieces.drain(..) {
+            if let Some(seq) = slots[slot].as_mut() {
+                seq.target_past += tokens;
+                seq.stats.prefill_ms += took;
+                seq.stats.prompt_passes += 1;
+            }
+        }
+        riding.rows.clear();
+    }
+    Ok(riding)
 }
 
 /// Whether a slot's prompt has been read and its rounds can start.
@@ -460,9 +512,10 @@ pub(super) struct FirstPass {
 pub(super) fn first_passes(
     rounds: &[(usize, Plan)],
     drafts: &[Draft],
-    slots: &[Option<Sequence>],
+    slots: &mut [Option<Sequence>],
     contexts: &mut Contexts,
     limits: Limits,
+    riding: RidingPieces,
 ) -> Result<Vec<FirstPass>, (usize, EngineError)> {
     let windows: Vec<Vec<Row>> = rounds
         .iter()
@@ -491,17 +544,29 @@ pub(super) fn first_passes(
             pass: (0, 0.0),
         })
         .collect();
+    let mut riding = Some(riding);
     for members in pack(&groups, limits.shared_pass_rows, limits.layout) {
-        let rows: Vec<Row> = members
+        let mut rows: Vec<Row> = members
             .iter()
             .flat_map(|&i| windows[i].iter().copied())
             .collect();
         if rows.is_empty() {
             continue;
         }
+        // Prompt pieces ride in the first pass, after the windows' rows so
+        // that those keep their logits' indices.
+        let pieces = riding.take().unwrap_or_default();
+        rows.extend_from_slice(&pieces.rows);
         let pass_ms = decode_rows_timed(&mut contexts.target, &mut contexts.batch, &rows)
             .map_err(|e| (rounds[members[0]].0, e))?;
         contexts.target_passes.record(rows.len());
+        for (slot, tokens) in pieces.pieces {
+            if let Some(seq) = slots[slot].as_mut() {
+                seq.target_past += tokens;
+                seq.stats.prefill_ms += pass_ms;
+                seq.stats.prompt_passes += 1;
+            }
+        }
         let mut at = 0;
         for &i in &members {
             let n = windows[i].len();

@@ -33,7 +33,7 @@ use super::prepare::{Candidate, Prepared, Preparer};
 use super::request::{main_drafter, DrafterStats, GenerationEvent, GenerationStats};
 use super::round::{
     conclude, draft_all, first_passes, is_ready, plan, read_prompts, roll_back, verify, Limits,
-    Plan, Policy, Progress,
+    Plan, Policy, Progress, RidingPieces,
 };
 use super::runtime::runtime_info;
 use super::{AdaptiveReport, BanditReport, EngineConfig, EngineInfo, PassCounters};
@@ -152,6 +152,7 @@ pub(super) fn run(
         slots: (0..slot_count).map(|_| None).collect(),
         contexts,
         prompt_turn: 0,
+        decode_ms: 0.0,
         waiting: VecDeque::new(),
         costs: calibration.costs,
         sampling_costs: calibration.sampling,
@@ -163,6 +164,10 @@ pub(super) fn run(
     };
     scheduler.serve(commands);
 }
+
+/// How long an idle engine with several slots waits for requests arriving
+/// together with the first.
+const ARRIVAL_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A request being generated in a slot.
 pub(super) struct Sequence {
@@ -212,6 +217,9 @@ struct Scheduler<'m> {
     contexts: Contexts<'m>,
     /// The slot whose prompt is read first in the next step.
     prompt_turn: usize,
+    /// Milliseconds the last step's rounds took: the time prompt reading
+    /// may take in the next step while slots decode.
+    decode_ms: f64,
     waiting: VecDeque<(Prepared, UnboundedSender<GenerationEvent>)>,
     /// Cost model per drafter (calibrated at start-up), for adaptive drafting.
     costs: Vec<CostModel>,
@@ -241,6 +249,22 @@ impl<'m> Scheduler<'m> {
                 match commands.blocking_recv() {
                     Some(command) => self.accept(command),
                     None => return,
+                }
+                // Requests sent together reach an idle engine a few
+                // milliseconds apart: gathered, their prompts are read
+                // before any of them starts decoding, not a piece at a
+                // time beside the first.
+                if self.slots.len() > 1 {
+                    let gathering = Instant::now();
+                    while gathering.elapsed() < ARRIVAL_GATHER {
+                        match commands.try_recv() {
+                            Ok(command) => self.accept(command),
+                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                                std::thread::sleep(std::time::Duration::from_millis(1));
+                            }
+                            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                        }
+                    }
                 }
             }
             while open {
@@ -326,17 +350,26 @@ impl<'m> Scheduler<'m> {
         }
         let turn = self.prompt_turn;
         self.prompt_turn = (turn + 1) % self.slots.len().max(1);
-        if let Err((index, e)) =
-            read_prompts(&mut self.slots, &mut self.contexts, self.limits, turn)
-        {
-            self.finish_round(index, Err(e));
-        }
+        let riding = match read_prompts(
+            &mut self.slots,
+            &mut self.contexts,
+            self.limits,
+            turn,
+            self.decode_ms,
+        ) {
+            Ok(riding) => riding,
+            Err((index, e)) => {
+                self.finish_round(index, Err(e));
+                RidingPieces::default()
+            }
+        };
         let ready: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].as_ref().is_some_and(is_ready))
             .collect();
         if ready.is_empty() {
             return;
         }
+        let step_started = Instant::now();
         // Plan every ready slot's round, each weighing what it adds to the
         // passes the others fill.
         let others = ready.len() - 1;
@@ -388,9 +421,10 @@ impl<'m> Scheduler<'m> {
         let firsts = match first_passes(
             &rounds,
             &drafts,
-            &self.slots,
+            &mut self.slots,
             &mut self.contexts,
             self.limits,
+            riding,
         ) {
             Ok(firsts) => firsts,
             Err((index, e)) => return self.fail_step(&rounds, index, e),
@@ -443,6 +477,7 @@ impl<'m> Scheduler<'m> {
                 self.report(key);
             }
         }
+        self.decode_ms = ms(step_started);
     }
 
     /// A pass shared by the step's rounds failed: the slot it is blamed on
