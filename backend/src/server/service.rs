@@ -295,8 +295,8 @@ pub enum Step {
     Finished {
         /// Why.
         reason: FinishReason,
-        /// Statistics.
-        stats: GenerationStats,
+        /// Statistics (boxed: far larger than the text of a step).
+        stats: Box<GenerationStats>,
     },
 }
 
@@ -380,7 +380,10 @@ impl Generation {
                         finish = ?reason,
                         "request finished"
                     );
-                    return Ok(Step::Finished { reason, stats });
+                    return Ok(Step::Finished {
+                        reason,
+                        stats: Box::new(stats),
+                    });
                 }
                 GenerationEvent::Failed(e) => {
                     self.finish_gauges();
