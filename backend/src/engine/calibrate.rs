@@ -116,10 +116,9 @@ pub(super) fn kv_layout(config: &EngineConfig, runtime: &RuntimeInfo) -> KvLayou
     }
 }
 
-/// Prompt tokens per piece with throughput batching on CPU, riding in the
-/// decoding slots' pass: a pass of a few slots' rows and eight more costs
-/// well under twice one without them.
-const CPU_THROUGHPUT_PROMPT_PIECE: usize = 8;
+/// Prompt tokens per piece with throughput batching on CPU (pieces ride in
+/// the decoding slots' pass, about as many rows as those slots put in it).
+const CPU_THROUGHPUT_PROMPT_PIECE: usize = 4;
 
 /// Prompt tokens per piece on a GPU, where passes are not held to bitwise
 /// equality: small enough that a long prompt read beside decoding slots

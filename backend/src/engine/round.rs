@@ -107,7 +107,8 @@ pub(super) fn read_prompts(
     first: usize,
     decode_ms: f64,
 ) -> Result<RidingPieces, (usize, EngineError)> {
-    let decoding = slots.iter().flatten().any(is_ready);
+    let decoding_slots = slots.iter().flatten().filter(|seq| is_ready(seq)).count();
+    let decoding = decoding_slots > 0;
     let mut riding = RidingPieces::default();
     let budget = if decoding {
         limits.prompt_granularity
@@ -115,8 +116,15 @@ pub(super) fn read_prompts(
         PROMPT_CHUNK
     };
     // Over a unified cache, pieces of several prompts share a pass: beside
-    // decoding slots, the step's shared pass; otherwise one of their own.
+    // decoding slots, the step's shared pass, with about as many prompt
+    // rows as the decoding slots put in it (which at most doubles what the
+    // pass costs them); otherwise a pass of their own.
     let rides = limits.layout == KvLayout::Unified;
+    let riding_rows = if decoding {
+        decoding_slots.next_multiple_of(limits.prompt_granularity.max(1))
+    } else {
+        PROMPT_CHUNK
+    };
     let started = Instant::now();
     let mut read_any = false;
     let n = slots.len();
@@ -135,14 +143,19 @@ pub(super) fn read_prompts(
             if seq.target_past >= end {
                 continue;
             }
-            let piece = prompt_piece(seq.target_past, end, limits.prompt_granularity, budget);
+            let piece = if rides {
+                let left = riding_rows.saturating_sub(riding.rows.len());
+                if left == 0 {
+                    continue;
+                }
+                prompt_piece(seq.target_past, end, limits.prompt_granularity, left)
+            } else {
+                prompt_piece(seq.target_past, end, limits.prompt_granularity, budget)
+            };
             let tokens = &seq.tokens[seq.target_past..seq.target_past + piece];
             let rows = Row::run(index as SeqId, tokens, seq.target_past, false);
             if rides {
-                // One piece per prompting slot, as many as a prompt chunk holds.
-                if !riding.pieces.is_empty() && riding.rows.len() + rows.len() > PROMPT_CHUNK {
-                    continue;
-                }
+                // One piece per prompting slot while rows are left.
                 riding
                     .rows
                     .extend(rows.into_iter().map(|r| Row { logits: false, ..r }));

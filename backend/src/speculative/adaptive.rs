@@ -527,8 +527,9 @@ impl AdaptiveState {
                 probe = Some((k, r, could_pay));
             }
         }
-        self.probing = false;
-        self.probing_hopeless = false;
+        // A probe decided here stays marked until a drafting round of this
+        // state is observed: with several sequences deciding in one engine
+        // step, the others' decisions come between a probe and its outcome.
         if decision.proposer == Proposer::None {
             if let Some((k, r, could_pay)) = probe {
                 if self.probe_interval == 0 {
@@ -546,6 +547,9 @@ impl AdaptiveState {
                 if self.plain_rounds >= interval {
                     self.probing = true;
                     self.probing_hopeless = !could_pay;
+                    // One probe per interval: the sequences deciding next,
+                    // in the same step, wait for the next interval.
+                    self.plain_rounds = 0;
                     decision = Decision {
                         proposer: Proposer::Model,
                         draft_length: k,
@@ -1003,6 +1007,38 @@ mod tests {
             );
         }
         assert!(speculative > 2000, "{speculative}");
+    }
+
+    #[test]
+    fn sequences_deciding_in_one_step_probe_one_at_a_time() {
+        let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
+        let mut state = AdaptiveState::default();
+        let mut lookup = AcceptanceModel::default();
+        let mut probes_per_step = Vec::new();
+        // Eight sequences share the state; each engine step, all decide,
+        // then all rounds are observed. The drafter is always wrong.
+        for _ in 0..400 {
+            let decisions: Vec<Decision> = (0..8)
+                .map(|_| state.decide(&free, &model_only(8, 8), &lookup))
+                .collect();
+            probes_per_step.push(decisions.iter().filter(|d| d.draft_length > 0).count());
+            for d in decisions {
+                state.observe(d.proposer, d.draft_length, 0, false, &mut lookup);
+            }
+        }
+        // The first step drafts everywhere on the optimistic prior (a
+        // decision, not a probe); after it, at most one probe a step.
+        assert!(
+            probes_per_step[1..].iter().all(|&n| n <= 1),
+            "{probes_per_step:?}"
+        );
+        // And the failed probes still back off: probes grow rarer.
+        let steps: Vec<usize> = (1..probes_per_step.len())
+            .filter(|&i| probes_per_step[i] > 0)
+            .collect();
+        assert!(steps.len() >= 3, "{steps:?}");
+        let gaps: Vec<usize> = steps.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.last() > gaps.first(), "{gaps:?}");
     }
 
     #[test]
