@@ -7,6 +7,13 @@
 //! it found exact; this example explores more sizes, contexts and KV types.
 //!
 //! cargo run --release --example batch_invariance -- MODEL.gguf [TOKENS_TEXT]
+//!
+//! Environment: `KV_TYPE` (`q8_0`, `f32`; default F16), `PREFIX_TOKENS`
+//! (context before the probed tokens, default 20), `NO_REPACK=1` (weights in
+//! plain CPU buffers), `SEQS=N` (a context of N sequences, and a pass with
+//! one row of each against one token alone), `UNIFIED=1` (one KV cache for
+//! all sequences), `CHUNKS=1` (a 512-token prompt read in chunks of 1 to 256
+//! tokens against one pass: the next token's logits).
 
 use std::num::NonZeroU32;
 

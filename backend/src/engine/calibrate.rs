@@ -214,45 +214,31 @@ pub(super) fn calibrate(
     // one-token target pass, and costs what the median pair says relative
     // to it: a change of load during start-up touches both halves of a
     // pair alike, where it would skew times taken apart.
+    let Contexts {
+        target: target_ctx,
+        drafters: drafter_ctxs,
+        batch,
+        ..
+    } = &mut *contexts;
     let mut unit = f64::INFINITY;
     let mut pass_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); sizes.len()];
-    let mut step_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); contexts.drafters.len()];
+    let mut step_ratios = vec![Vec::with_capacity(CALIBRATION_PAIRS); drafter_ctxs.len()];
     for _ in 0..CALIBRATION_PAIRS {
         for (&n, ratios) in sizes.iter().zip(&mut pass_ratios).filter(|(n, _)| **n > 1) {
-            let one = time_pass(
-                &mut contexts.target,
-                &mut contexts.batch,
-                &probe[..1],
-                start,
-            )?;
-            let pass = time_pass(
-                &mut contexts.target,
-                &mut contexts.batch,
-                &probe[..n],
-                start,
-            )?;
+            let one = time_pass(target_ctx, batch, &probe[..1], start)?;
+            let pass = time_pass(target_ctx, batch, &probe[..n], start)?;
             unit = unit.min(one);
             ratios.push(pass / one);
         }
-        for (ctx, ratios) in contexts.drafters.iter_mut().zip(&mut step_ratios) {
-            let one = time_pass(
-                &mut contexts.target,
-                &mut contexts.batch,
-                &probe[..1],
-                start,
-            )?;
-            let step = time_draft_step(ctx, &mut contexts.batch, probe[0], start)?;
+        for (ctx, ratios) in drafter_ctxs.iter_mut().zip(&mut step_ratios) {
+            let one = time_pass(target_ctx, batch, &probe[..1], start)?;
+            let step = time_draft_step(ctx, batch, probe[0], start)?;
             unit = unit.min(one);
             ratios.push(step / one);
         }
     }
     if !unit.is_finite() {
-        unit = time_pass(
-            &mut contexts.target,
-            &mut contexts.batch,
-            &probe[..1],
-            start,
-        )?;
+        unit = time_pass(target_ctx, batch, &probe[..1], start)?;
     }
     let passes: Vec<(usize, f64)> = sizes
         .iter()

@@ -111,17 +111,7 @@ pub(super) fn measure(
                 Die Übersetzung wird Satz für Satz geprüft. \
                 La vérification garde le préfixe accepté. 検証は一度に行われる。 ";
     let mut tokens: Vec<u32> = Vec::with_capacity(PROBE_CONTEXT + cap);
-    let pattern: Vec<u32> = model
-        .vocab()
-        .tokenize(text.as_bytes(), false, false)
-        .into_iter()
-        .map(|t| t.0 as u32)
-        .collect();
-    if pattern.is_empty() {
-        return Err(EngineError::Decode(
-            "exactness probe: the target tokenizes no text".into(),
-        ));
-    }
+    let pattern = probe_tokens(model, text, "exactness probe")?;
     while tokens.len() < PROBE_CONTEXT + cap {
         tokens.extend(&pattern);
     }
@@ -200,6 +190,22 @@ pub(super) fn measure(
     })
 }
 
+/// `text` in the target's tokens, for the probe named `probe`.
+fn probe_tokens(model: &LlamaModel, text: &str, probe: &str) -> Result<Vec<u32>, EngineError> {
+    let tokens: Vec<u32> = model
+        .vocab()
+        .tokenize(text.as_bytes(), false, false)
+        .into_iter()
+        .map(|t| t.0 as u32)
+        .collect();
+    if tokens.is_empty() {
+        return Err(EngineError::Decode(format!(
+            "{probe}: the target tokenizes no text"
+        )));
+    }
+    Ok(tokens)
+}
+
 /// Tokens of the prompt the granularity probe reads.
 const GRANULARITY_PROMPT: usize = 64;
 
@@ -223,17 +229,7 @@ pub(super) fn prompt_granularity(
 ) -> Result<usize, EngineError> {
     let text = "Die Übersetzung wird Satz für Satz geprüft, und jeder Satz bleibt, \
                 wie er war. La vérification garde le préfixe accepté. ";
-    let pattern: Vec<u32> = model
-        .vocab()
-        .tokenize(text.as_bytes(), false, false)
-        .into_iter()
-        .map(|t| t.0 as u32)
-        .collect();
-    if pattern.is_empty() {
-        return Err(EngineError::Decode(
-            "granularity probe: the target tokenizes no text".into(),
-        ));
-    }
+    let pattern = probe_tokens(model, text, "granularity probe")?;
     let tokens: Vec<u32> = pattern
         .iter()
         .cycle()
