@@ -252,6 +252,13 @@ pub(super) fn plan(
                     max: most,
                     chunk: limits.max_verify_batch.max(1),
                     sample_ms: seq.sample_ms,
+                    // Catching the drafter up on a long run costs every
+                    // slot sharing the step: probe alone, or caught up.
+                    defer_probe: others > 0
+                        && drafter_model.is_some_and(|m| {
+                            let seen = seq.drafter_past.get(m).copied().unwrap_or(0);
+                            seq.tokens.len().saturating_sub(seen) > limits.max_verify_batch
+                        }),
                 },
                 &seq.lookup,
             );

@@ -417,6 +417,10 @@ pub struct Options {
     pub chunk: usize,
     /// Milliseconds of sampling the target at one position for this request.
     pub sample_ms: f64,
+    /// Whether a probe of the drafter model must wait: it would first read
+    /// every token the drafter has not seen, in a step other sequences share
+    /// and pay for. A probe due then is taken by a later round.
+    pub defer_probe: bool,
 }
 
 /// The adaptive state of one drafter for one language. The drafter model's
@@ -544,7 +548,7 @@ impl AdaptiveState {
                 } else {
                     self.hopeless_interval.max(HOPELESS_PROBE_FIRST)
                 };
-                if self.plain_rounds >= interval {
+                if self.plain_rounds >= interval && !options.defer_probe {
                     self.probing = true;
                     self.probing_hopeless = !could_pay;
                     // One probe per interval: the sequences deciding next,
@@ -810,6 +814,7 @@ mod tests {
             max,
             chunk,
             sample_ms: 0.0,
+            defer_probe: false,
         }
     }
 
@@ -930,6 +935,7 @@ mod tests {
             max: 4,
             chunk: 3,
             sample_ms: 0.0,
+            defer_probe: false,
         };
         let mut lookup = AcceptanceModel::default();
         let mut lookup_rounds = 0;
@@ -1039,6 +1045,34 @@ mod tests {
         assert!(steps.len() >= 3, "{steps:?}");
         let gaps: Vec<usize> = steps.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.last() > gaps.first(), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_probe_that_must_wait_is_taken_by_a_later_round() {
+        let free = CostModel::calibrated(&[(1, 25.0), (2, 38.0), (3, 49.0)], 0.0, 8).unwrap();
+        let mut state = AdaptiveState::default();
+        let mut lookup = AcceptanceModel::default();
+        // The drafter is always wrong: after the first rounds, plain rounds
+        // and probes.
+        let mut probes = 0;
+        for _ in 0..200 {
+            let d = state.decide(&free, &model_only(8, 8), &lookup);
+            probes += usize::from(d.draft_length > 0);
+            state.observe(d.proposer, d.draft_length, 0, false, &mut lookup);
+        }
+        assert!(probes > 0);
+        // Probes must wait: none is taken, however many plain rounds pass.
+        let waiting = Options {
+            defer_probe: true,
+            ..model_only(8, 8)
+        };
+        for round in 0..2000 {
+            let d = state.decide(&free, &waiting, &lookup);
+            assert_eq!(d.draft_length, 0, "round {round}: {d:?}");
+            state.observe(d.proposer, 0, 0, false, &mut lookup);
+        }
+        // The first round allowed to probe does.
+        assert!(state.decide(&free, &model_only(8, 8), &lookup).draft_length > 0);
     }
 
     #[test]
