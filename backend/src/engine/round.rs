@@ -90,6 +90,19 @@ pub(super) struct RidingPieces {
     pieces: Vec<(usize, usize)>,
 }
 
+impl RidingPieces {
+    /// The pieces were read, in a pass of `pass_ms`: advance their prompts.
+    fn commit(self, slots: &mut [Option<Sequence>], pass_ms: f64) {
+        for (slot, tokens) in self.pieces {
+            if let Some(seq) = slots[slot].as_mut() {
+                seq.target_past += tokens;
+                seq.stats.prefill_ms += pass_ms;
+                seq.stats.prompt_passes += 1;
+            }
+        }
+    }
+}
+
 /// Read pieces of the waiting prompts (all but each prompt's last token,
 /// which opens its first round). With no slot decoding, a piece of up to a
 /// prompt chunk per prompting slot. While other slots decode, pieces of
@@ -186,15 +199,8 @@ pub(super) fn read_prompts(
         decode_rows_timed(&mut contexts.target, &mut contexts.batch, &riding.rows)
             .map_err(|e| (blamed, e))?;
         contexts.target_passes.record(riding.rows.len());
-        let took = ms(started);
-        for (slot, tokens) in riding.pieces.drain(..) {
-            if let Some(seq) = slots[slot].as_mut() {
-                seq.target_past += tokens;
-                seq.stats.prefill_ms += took;
-                seq.stats.prompt_passes += 1;
-            }
-        }
-        riding.rows.clear();
+        riding.commit(slots, ms(started));
+        return Ok(RidingPieces::default());
     }
     Ok(riding)
 }
@@ -302,6 +308,9 @@ struct Drafting {
     proposing: Proposing,
     /// Index of this slot's logits in the latest pass.
     logits_index: usize,
+    /// Whether the first pass is a draft step for this slot (it evaluates
+    /// one token, not a catch-up run).
+    first_is_step: bool,
     steps: usize,
     steps_ms: f64,
     shared: bool,
@@ -449,14 +458,13 @@ fn draft_with_model(
                 slot: *slot,
                 proposing: Proposing::new(plan.k, plan.params.p_min, seq.tokens.len()),
                 logits_index: rows.len() - 1,
-                // The first pass is a step when it evaluates one token.
+                first_is_step: last.len() == 1,
                 steps: usize::from(last.len() == 1),
                 steps_ms: 0.0,
                 shared: false,
             },
         ));
     }
-    let first_is_step: Vec<bool> = drafting.iter().map(|(_, d)| d.steps == 1).collect();
     let mut pass_rows = rows;
     let mut first = true;
     while !pass_rows.is_empty() {
@@ -473,7 +481,7 @@ fn draft_with_model(
             if !active[j] {
                 continue;
             }
-            if !first || first_is_step[j] {
+            if !first || d.first_is_step {
                 d.steps_ms += pass_ms;
                 d.shared |= shared;
             }
@@ -580,13 +588,7 @@ pub(super) fn first_passes(
         let pass_ms = decode_rows_timed(&mut contexts.target, &mut contexts.batch, &rows)
             .map_err(|e| (rounds[members[0]].0, e))?;
         contexts.target_passes.record(rows.len());
-        for (slot, tokens) in pieces.pieces {
-            if let Some(seq) = slots[slot].as_mut() {
-                seq.target_past += tokens;
-                seq.stats.prefill_ms += pass_ms;
-                seq.stats.prompt_passes += 1;
-            }
-        }
+        pieces.commit(slots, pass_ms);
         let mut at = 0;
         for &i in &members {
             let n = windows[i].len();

@@ -369,14 +369,11 @@ impl<'m> Scheduler<'m> {
         if ready.is_empty() {
             return;
         }
-        let step_started = Instant::now();
         // Plan every ready slot's round, each weighing what it adds to the
         // passes the others fill.
         let others = ready.len() - 1;
         let started = Instant::now();
         let mut rounds: Vec<(usize, Plan)> = Vec::with_capacity(ready.len());
-        let mut keys: Vec<Option<AdaptiveKey>> = Vec::with_capacity(ready.len());
-        let mut choosing: Vec<Option<usize>> = Vec::with_capacity(ready.len());
         for &index in &ready {
             let Some(seq) = self.slots[index].as_mut() else {
                 continue;
@@ -389,20 +386,9 @@ impl<'m> Scheduler<'m> {
                     None => 0,
                 };
             }
-            let candidate = seq.candidates.get(seq.current).copied();
-            let key = candidate
-                .filter(|c| c.draft.adaptive && c.drafter < self.costs.len())
-                .map(|c| (c.drafter, seq.language.clone(), seq.sampling.is_greedy()));
-            let mut policy = key
-                .as_ref()
-                .and_then(|key| policy(&mut self.costs, &mut self.adaptive, key));
+            let mut policy =
+                adaptive_key(seq).and_then(|key| policy(&mut self.costs, &mut self.adaptive, &key));
             let plan = plan(seq, self.limits, others, policy.as_mut());
-            choosing.push(
-                candidate
-                    .filter(|_| seq.candidates.len() > 1)
-                    .map(|c| c.drafter),
-            );
-            keys.push(key);
             rounds.push((index, plan));
         }
         let target_vocab = self.target.vocab().n_tokens().max(0) as usize;
@@ -429,16 +415,16 @@ impl<'m> Scheduler<'m> {
             Ok(firsts) => firsts,
             Err((index, e)) => return self.fail_step(&rounds, index, e),
         };
-        for ((((index, plan), draft), first), (key, chooser)) in rounds
-            .iter()
-            .zip(&drafts)
-            .zip(firsts)
-            .zip(keys.iter().zip(&choosing))
-        {
+        for (((index, plan), draft), first) in rounds.iter().zip(&drafts).zip(firsts) {
             let index = *index;
             let Some(mut seq) = self.slots[index].take() else {
                 continue;
             };
+            let key = adaptive_key(&seq);
+            // The drafter the language's bandit chose, where it chose one.
+            let chooser = (seq.candidates.len() > 1)
+                .then(|| seq.candidates.get(seq.current).map(|c| c.drafter))
+                .flatten();
             let outcome = verify(
                 index,
                 draft,
@@ -470,14 +456,14 @@ impl<'m> Scheduler<'m> {
             });
             self.slots[index] = Some(seq);
             if let (Ok(_), Some(drafter)) = (&outcome, chooser) {
-                self.learn(index, *drafter);
+                self.learn(index, drafter);
             }
             self.finish_round(index, outcome);
-            if let Some(key) = key {
+            if let Some(key) = &key {
                 self.report(key);
             }
         }
-        self.decode_ms = ms(step_started);
+        self.decode_ms = draft_ms + ms(started);
     }
 
     /// A pass shared by the step's rounds failed: the slot it is blamed on
@@ -620,6 +606,15 @@ impl Scheduler<'_> {
 
 /// Adaptive state key: drafter, language, and greedy (else sampled).
 type AdaptiveKey = (usize, String, bool);
+
+/// The adaptive state key of `seq`'s current candidate, if it drafts
+/// adaptively.
+fn adaptive_key(seq: &Sequence) -> Option<AdaptiveKey> {
+    seq.candidates
+        .get(seq.current)
+        .filter(|c| c.draft.adaptive)
+        .map(|c| (c.drafter, seq.language.clone(), seq.sampling.is_greedy()))
+}
 
 /// The adaptive policy of `key`: its drafter's costs and its state.
 fn policy<'a>(
