@@ -47,6 +47,9 @@ impl Measurement {
     }
 }
 
+/// The system message of every benchmark request.
+pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
+
 /// The chat request body both servers accept; `extra` adds server-specific fields.
 pub fn chat_body(
     user: &str,
@@ -56,7 +59,13 @@ pub fn chat_body(
 ) -> Value {
     let mut body = json!({
         "model": crate::servers::MODEL_NAME,
-        "messages": [{"role": "user", "content": user}],
+        // A system message of its own: a chat template that adds a
+        // default one when there is none (Qwen's, as llama-server applies
+        // it) then gives both servers the same prompt tokens.
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": user},
+        ],
         "max_tokens": max_tokens,
         "temperature": sampling.temperature,
         // Plain sampling from the full distribution on both servers

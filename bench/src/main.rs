@@ -600,8 +600,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `concurrency` clients send greedy requests (one each, at least two in all)
-/// from a shared queue; aggregate throughput and latency percentiles.
+/// Requests each load client sends: a client whose request ends sends its
+/// next while the others' are still running, as a steady load does.
+const LOAD_REQUESTS_PER_CLIENT: usize = 2;
+
+/// `concurrency` clients send greedy requests (`LOAD_REQUESTS_PER_CLIENT`
+/// each) from a shared queue; aggregate throughput and latency percentiles.
 async fn load_run(
     client: &reqwest::Client,
     server: &Server,
@@ -611,7 +615,7 @@ async fn load_run(
     max_tokens: u32,
     specdec_fields: bool,
 ) -> anyhow::Result<LoadResult> {
-    let requests = concurrency.max(2);
+    let requests = concurrency.max(1) * LOAD_REQUESTS_PER_CLIENT;
     let queue: Vec<serde_json::Value> = (0..requests)
         .map(|i| {
             let p = &paragraphs[i % paragraphs.len()];

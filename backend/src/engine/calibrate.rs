@@ -116,8 +116,9 @@ pub(super) fn kv_layout(config: &EngineConfig, runtime: &RuntimeInfo) -> KvLayou
     }
 }
 
-/// Prompt tokens per piece with throughput batching on CPU (pieces ride in
-/// the decoding slots' pass, about as many rows as those slots put in it).
+/// Prompt tokens per piece with throughput batching on CPU: pieces ride in
+/// the decoding slots' pass, in multiples of this many rows, as many as the
+/// prompt pacer finds the step affords (see `PromptPacer`).
 const CPU_THROUGHPUT_PROMPT_PIECE: usize = 4;
 
 /// Prompt tokens per piece on a GPU, where passes are not held to bitwise

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exactness;
 mod load;
 mod pass;
+mod prefill;
 mod prepare;
 pub mod request;
 mod round;

@@ -26,7 +26,7 @@ use super::exactness::prompt_piece;
 use super::load::Contexts;
 use super::pass::{
     decode_chunked, decode_rows_timed, decode_timed, ms, pack, truncate_kv, KvLayout, Row, SeqId,
-    PROMPT_CHUNK,
+    MAX_PROMPT_PIECE, PROMPT_CHUNK,
 };
 use super::request::{FinishReason, GenerationEvent};
 use super::vocab::within_target_vocab;
@@ -109,8 +109,9 @@ impl RidingPieces {
 /// `prompt_granularity` tokens, slot after slot from `first`, for as long
 /// as the step's decoding took last time (`decode_ms`, at least one piece):
 /// a long prompt then at most doubles the others' time between tokens. Over
-/// a unified cache those pieces ride in the step's shared pass instead
-/// (returned). Every piece ends on a multiple of the granularity, or is the
+/// a unified cache pieces of up to `riding_rows` rows in all ride in the
+/// step's shared pass instead (returned), and a prompt of at most
+/// `MAX_PROMPT_PIECE` tokens rides whole if that many rows are left. Every piece ends on a multiple of the granularity, or is the
 /// prompt's remainder alone (see [`prompt_piece`]), so the cache holds what
 /// reading the prompt at once leaves.
 pub(super) fn read_prompts(
@@ -119,9 +120,9 @@ pub(super) fn read_prompts(
     limits: Limits,
     first: usize,
     decode_ms: f64,
+    riding_rows: usize,
 ) -> Result<RidingPieces, (usize, EngineError)> {
-    let decoding_slots = slots.iter().flatten().filter(|seq| is_ready(seq)).count();
-    let decoding = decoding_slots > 0;
+    let decoding = slots.iter().flatten().any(is_ready);
     let mut riding = RidingPieces::default();
     let budget = if decoding {
         limits.prompt_granularity
@@ -129,15 +130,10 @@ pub(super) fn read_prompts(
         PROMPT_CHUNK
     };
     // Over a unified cache, pieces of several prompts share a pass: beside
-    // decoding slots, the step's shared pass, with about as many prompt
-    // rows as the decoding slots put in it (which at most doubles what the
-    // pass costs them); otherwise a pass of their own.
+    // decoding slots, the step's shared pass, with `riding_rows` prompt
+    // rows (see `PromptPacer`); otherwise a pass of their own.
     let rides = limits.layout == KvLayout::Unified;
-    let riding_rows = if decoding {
-        decoding_slots.next_multiple_of(limits.prompt_granularity.max(1))
-    } else {
-        PROMPT_CHUNK
-    };
+    let riding_rows = if decoding { riding_rows } else { PROMPT_CHUNK };
     let started = Instant::now();
     let mut read_any = false;
     let n = slots.len();
@@ -157,7 +153,15 @@ pub(super) fn read_prompts(
                 continue;
             }
             let piece = if rides {
-                let left = riding_rows.saturating_sub(riding.rows.len());
+                // A short prompt rides whole where rows are left: its slot
+                // produces nothing until it is read, and it delays the
+                // others once, by a pass of at most `MAX_PROMPT_PIECE` rows.
+                let most = if decoding && seq.tokens.len() <= MAX_PROMPT_PIECE {
+                    MAX_PROMPT_PIECE.max(riding_rows)
+                } else {
+                    riding_rows
+                };
+                let left = most.saturating_sub(riding.rows.len());
                 if left == 0 {
                     continue;
                 }
@@ -249,6 +253,12 @@ pub(super) fn plan(
             } else {
                 Vec::new()
             };
+            // Tokens the drafter model has not read: what a draft with it
+            // would first have to catch up on.
+            let unseen = drafter_model.map_or(0, |m| {
+                let seen = seq.drafter_past.get(m).copied().unwrap_or(0);
+                seq.tokens.len().saturating_sub(seen)
+            });
             let decision = p.state.decide(
                 &p.cost.shared_by(others),
                 &Options {
@@ -260,11 +270,9 @@ pub(super) fn plan(
                     sample_ms: seq.sample_ms,
                     // Catching the drafter up on a long run costs every
                     // slot sharing the step: probe alone, or caught up.
-                    defer_probe: others > 0
-                        && drafter_model.is_some_and(|m| {
-                            let seen = seq.drafter_past.get(m).copied().unwrap_or(0);
-                            seq.tokens.len().saturating_sub(seen) > limits.max_verify_batch
-                        }),
+                    defer_probe: others > 0 && unseen > limits.max_verify_batch,
+                    // Its whole time: the step's other slots wait for it.
+                    catch_up_ms: p.cost.catch_up_ms(unseen),
                 },
                 &seq.lookup,
             );
@@ -544,7 +552,7 @@ pub(super) fn first_passes(
     contexts: &mut Contexts,
     limits: Limits,
     riding: RidingPieces,
-) -> Result<Vec<FirstPass>, (usize, EngineError)> {
+) -> Result<FirstPasses, (usize, EngineError)> {
     let windows: Vec<Vec<Row>> = rounds
         .iter()
         .zip(drafts)
@@ -573,6 +581,7 @@ pub(super) fn first_passes(
         })
         .collect();
     let mut riding = Some(riding);
+    let mut paced = None;
     for members in pack(&groups, limits.shared_pass_rows, limits.layout) {
         let mut rows: Vec<Row> = members
             .iter()
@@ -588,6 +597,7 @@ pub(super) fn first_passes(
         let pass_ms = decode_rows_timed(&mut contexts.target, &mut contexts.batch, &rows)
             .map_err(|e| (rounds[members[0]].0, e))?;
         contexts.target_passes.record(rows.len());
+        paced.get_or_insert((pieces.rows.len(), pass_ms));
         pieces.commit(slots, pass_ms);
         let mut at = 0;
         for &i in &members {
@@ -601,7 +611,18 @@ pub(super) fn first_passes(
             at += n;
         }
     }
-    Ok(out)
+    Ok(FirstPasses {
+        windows: out,
+        paced,
+    })
+}
+
+/// The step's first passes: each round's, and the prompt rows that rode in
+/// the step's first pass with its milliseconds (what the prompt pacer
+/// learns from).
+pub(super) struct FirstPasses {
+    pub(super) windows: Vec<FirstPass>,
+    pub(super) paced: Option<(usize, f64)>,
 }
 
 /// The target's view of a slot's verification window: the rows evaluated

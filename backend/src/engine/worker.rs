@@ -28,12 +28,13 @@ use super::load::{
     batch_invariant_kv, load_models, ContextShape, Contexts, Invariance, LoadedDrafter,
     LoadedModels,
 };
-use super::pass::{ms, SamplingCosts, SeqId};
+use super::pass::{ms, SamplingCosts, SeqId, MAX_PROMPT_PIECE};
+use super::prefill::{row_ms_from_calibration, PromptPacer};
 use super::prepare::{Candidate, Prepared, Preparer};
 use super::request::{main_drafter, DrafterStats, GenerationEvent, GenerationStats};
 use super::round::{
-    conclude, draft_all, first_passes, is_ready, plan, read_prompts, roll_back, verify, Limits,
-    Plan, Policy, Progress, RidingPieces,
+    conclude, draft_all, first_passes, is_ready, plan, read_prompts, roll_back, verify,
+    FirstPasses, Limits, Plan, Policy, Progress, RidingPieces,
 };
 use super::runtime::runtime_info;
 use super::{AdaptiveReport, BanditReport, EngineConfig, EngineInfo, PassCounters};
@@ -153,6 +154,12 @@ pub(super) fn run(
         contexts,
         prompt_turn: 0,
         decode_ms: 0.0,
+        pacer: PromptPacer::seeded(
+            calibration
+                .table
+                .as_ref()
+                .and_then(|t| row_ms_from_calibration(&t.target_passes)),
+        ),
         waiting: VecDeque::new(),
         costs: calibration.costs,
         sampling_costs: calibration.sampling,
@@ -220,6 +227,8 @@ struct Scheduler<'m> {
     /// Milliseconds the last step's rounds took: the time prompt reading
     /// may take in the next step while slots decode.
     decode_ms: f64,
+    /// How many prompt rows ride in a step's shared pass (unified cache).
+    pacer: PromptPacer,
     waiting: VecDeque<(Prepared, UnboundedSender<GenerationEvent>)>,
     /// Cost model per drafter (calibrated at start-up), for adaptive drafting.
     costs: Vec<CostModel>,
@@ -356,6 +365,8 @@ impl<'m> Scheduler<'m> {
             self.limits,
             turn,
             self.decode_ms,
+            self.pacer
+                .riding_rows(self.limits.prompt_granularity, MAX_PROMPT_PIECE),
         ) {
             Ok(riding) => riding,
             Err((index, e)) => {
@@ -404,7 +415,10 @@ impl<'m> Scheduler<'m> {
         };
         let draft_ms = ms(started);
         let started = Instant::now();
-        let firsts = match first_passes(
+        let FirstPasses {
+            windows: firsts,
+            paced,
+        } = match first_passes(
             &rounds,
             &drafts,
             &mut self.slots,
@@ -464,6 +478,9 @@ impl<'m> Scheduler<'m> {
             }
         }
         self.decode_ms = draft_ms + ms(started);
+        if let Some((riding, pass_ms)) = paced {
+            self.pacer.observe(riding, pass_ms, self.decode_ms);
+        }
     }
 
     /// A pass shared by the step's rounds failed: the slot it is blamed on

@@ -127,6 +127,18 @@ impl CostModel {
         }
     }
 
+    /// Milliseconds a drafter model's first draft step costs beyond a
+    /// step when it must first read `unseen` tokens (the tokens generated
+    /// since it last drafted, or the prompt): a draft step scaled as a
+    /// target pass of that many tokens is, as no drafter pass of that size
+    /// is measured.
+    pub fn catch_up_ms(&self, unseen: usize) -> f64 {
+        if unseen <= 1 {
+            return 0.0;
+        }
+        self.draft_step_ms() * (self.relative_pass(unseen) - self.relative_pass(1)).max(0.0)
+    }
+
     /// Milliseconds of a one-token target pass.
     pub fn unit_ms(&self) -> f64 {
         self.unit_ms
@@ -313,6 +325,21 @@ impl AcceptanceModel {
         survival(&self.conditional(len), len)[1..].iter().sum()
     }
 
+    /// Mean and standard deviation of the number of the first `len`
+    /// drafted tokens accepted (`X`, with `P(X >= i) = P_i`, so that
+    /// `E[X^2]` is the sum of `(2i - 1) P_i`).
+    pub fn accepted_spread(&self, len: usize) -> (f64, f64) {
+        let survive = survival(&self.conditional(len), len);
+        let mean: f64 = survive[1..].iter().sum();
+        let square: f64 = survive
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, p)| (2 * i - 1) as f64 * p)
+            .sum();
+        (mean, (square - mean * mean).max(0.0).sqrt())
+    }
+
     /// Conditional acceptance of positions 0..len. A position seldom seen
     /// leans on the estimate of the one before it.
     pub fn conditional(&self, len: usize) -> Vec<f64> {
@@ -357,7 +384,7 @@ pub fn best_length(
         acceptance,
         (min, max),
         chunk,
-        cost.draft_step_ms(),
+        (cost.draft_step_ms(), 0.0),
         sample_ms,
     )
     .filter(|&(_, r)| r > plain * (1.0 + 1e-9));
@@ -421,6 +448,11 @@ pub struct Options {
     /// every token the drafter has not seen, in a step other sequences share
     /// and pay for. A probe due then is taken by a later round.
     pub defer_probe: bool,
+    /// Milliseconds the drafter model needs to read what it has not seen
+    /// before it can draft (see [`CostModel::catch_up_ms`]): paid once, by
+    /// the round that drafts with it next, so a drafter that lags far
+    /// behind is not switched to on a guess that a few tokens repay it.
+    pub catch_up_ms: f64,
 }
 
 /// The adaptive state of one drafter for one language. The drafter model's
@@ -451,12 +483,13 @@ fn best_speculative(
     acceptance: &[f64],
     (min, max): (usize, usize),
     chunk: usize,
-    step_ms: f64,
+    (step_ms, once_ms): (f64, f64),
     sample_ms: f64,
 ) -> Option<(usize, f64)> {
     let mut best: Option<(usize, f64)> = None;
     for k in min.max(1)..=max {
-        let r = rate(cost.expected_round_with_step(k, acceptance, chunk, step_ms, sample_ms));
+        let (tokens, ms) = cost.expected_round_with_step(k, acceptance, chunk, step_ms, sample_ms);
+        let r = rate((tokens, ms + once_ms));
         if best.is_none_or(|(_, b)| r > b * (1.0 + 1e-9)) {
             best = Some((k, r));
         }
@@ -477,10 +510,18 @@ impl AdaptiveState {
         let plain = rate(cost.expected_round(0, &[], options.chunk, options.sample_ms));
         let mut candidates = Vec::with_capacity(2);
         if options.model {
-            candidates.push((Proposer::Model, options.max, cost.draft_step_ms()));
+            candidates.push((
+                Proposer::Model,
+                options.max,
+                (cost.draft_step_ms(), options.catch_up_ms.max(0.0)),
+            ));
         }
         if options.lookup > 0 {
-            candidates.push((Proposer::Lookup, options.max.min(options.lookup), 0.0));
+            candidates.push((
+                Proposer::Lookup,
+                options.max.min(options.lookup),
+                (0.0, 0.0),
+            ));
         }
         let mut decision = Decision {
             proposer: Proposer::None,
@@ -516,7 +557,8 @@ impl AdaptiveState {
             }
             // Prompt lookup is judged per request, from a fresh estimate:
             // only the drafter model, learned across requests, is probed,
-            // at the usual intervals if it could pay by PROBE_MARGIN.
+            // at the usual intervals if it could pay by PROBE_MARGIN (once
+            // caught up: what a probe pays to catch up it pays once).
             if proposer == Proposer::Model {
                 let perfect = vec![1.0; max];
                 let could_pay = best_speculative(
@@ -524,7 +566,7 @@ impl AdaptiveState {
                     &perfect,
                     (options.min, max),
                     options.chunk,
-                    step_ms,
+                    (step_ms.0, 0.0),
                     options.sample_ms,
                 )
                 .is_some_and(|(_, best)| best > plain * (1.0 + PROBE_MARGIN));
@@ -603,11 +645,14 @@ impl AdaptiveState {
                     self.plain_rounds = self.plain_rounds.saturating_add(1);
                     return;
                 }
-                let expected = self.model.expected_accepted(offered);
+                let (expected, spread) = self.model.accepted_spread(offered);
                 self.model.observe(offered, accepted);
-                // After a probe, look again soon if it did at least as well
-                // as expected, else wait twice as long.
-                self.probe_interval = if self.probing && (accepted as f64) < expected {
+                // After a probe, look again soon only if it did clearly
+                // better than expected (by more than the spread of what was
+                // expected: acceptance may be rising), else wait twice as
+                // long: a drafter that keeps meeting a low expectation is
+                // not probed at the first interval for ever.
+                self.probe_interval = if self.probing && (accepted as f64) <= expected + spread {
                     (self.probe_interval.max(PROBE_FIRST / 2) * 2).min(PROBE_LONGEST)
                 } else {
                     PROBE_FIRST
@@ -815,6 +860,7 @@ mod tests {
             chunk,
             sample_ms: 0.0,
             defer_probe: false,
+            catch_up_ms: 0.0,
         }
     }
 
@@ -914,6 +960,20 @@ mod tests {
     }
 
     #[test]
+    fn the_spread_of_accepted_tokens_follows_survival() {
+        let mut m = AcceptanceModel::default();
+        // One position at the prior 0.8: a Bernoulli count.
+        let (mean, sd) = m.accepted_spread(1);
+        assert!((mean - 0.8).abs() < 1e-9 && (sd - (0.8f64 * 0.2).sqrt()).abs() < 1e-9);
+        // Always accepted: no spread.
+        for _ in 0..2000 {
+            m.observe(4, 4);
+        }
+        let (mean, sd) = m.accepted_spread(4);
+        assert!(mean > 3.9 && sd < 0.5, "{mean} {sd}");
+    }
+
+    #[test]
     fn expected_accepted_sums_survival() {
         let mut m = AcceptanceModel::default();
         let p = PRIOR_FIRST;
@@ -936,6 +996,7 @@ mod tests {
             chunk: 3,
             sample_ms: 0.0,
             defer_probe: false,
+            catch_up_ms: 0.0,
         };
         let mut lookup = AcceptanceModel::default();
         let mut lookup_rounds = 0;
@@ -1064,6 +1125,7 @@ mod tests {
         // Probes must wait: none is taken, however many plain rounds pass.
         let waiting = Options {
             defer_probe: true,
+            catch_up_ms: 0.0,
             ..model_only(8, 8)
         };
         for round in 0..2000 {
