@@ -38,12 +38,25 @@ pub struct Measurement {
     pub drafts: Option<u64>,
     /// Rounds by draft length (specdec only).
     pub rounds_by_draft_length: Vec<u64>,
+    /// Why generation ended (`stop`, `length`), as the server says.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
 }
 
 impl Measurement {
     /// Milliseconds after the first content (the decoding of the rest).
     pub fn decode_ms(&self) -> f64 {
         (self.e2e_ms - self.ttft_ms).max(0.0)
+    }
+
+    /// Generated tokens counted alike on both servers: llama-server counts
+    /// the end-of-generation token it sampled in `completion_tokens`,
+    /// specdec does not (the benchmark sends no stop strings, so `stop`
+    /// means that token).
+    pub fn tokens_without_end(&self, counts_end_token: bool) -> u64 {
+        let ended_by_token = self.finish_reason.as_deref() == Some("stop");
+        self.completion_tokens
+            .saturating_sub(u64::from(counts_end_token && ended_by_token))
     }
 }
 
@@ -124,6 +137,7 @@ pub async fn chat_with_arrivals(
     let mut ttft_ms = None;
     let mut usage = Value::Null;
     let mut timings = Value::Null;
+    let mut finish_reason = None;
     while let Some(chunk) = response.chunk().await? {
         pending.extend_from_slice(&chunk);
         // Only whole UTF-8 text goes to the line buffer.
@@ -157,6 +171,12 @@ pub async fn chat_with_arrivals(
                 text.push_str(content);
                 arrivals.push(now);
                 on_text(arrivals.len());
+            }
+            if let Some(reason) = event
+                .pointer("/choices/0/finish_reason")
+                .and_then(Value::as_str)
+            {
+                finish_reason = Some(reason.to_string());
             }
             if event.get("usage").is_some_and(|u| !u.is_null()) {
                 usage = event["usage"].clone();
@@ -202,6 +222,36 @@ pub async fn chat_with_arrivals(
         accepted_tokens,
         drafts,
         rounds_by_draft_length,
+        finish_reason,
     };
     Ok((measurement, arrivals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(reason: Option<&str>, tokens: u64) -> Measurement {
+        Measurement {
+            text: String::new(),
+            completion_tokens: tokens,
+            prompt_tokens: 10,
+            ttft_ms: 1.0,
+            e2e_ms: 2.0,
+            draft_tokens: None,
+            accepted_tokens: None,
+            drafts: None,
+            rounds_by_draft_length: Vec::new(),
+            finish_reason: reason.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn only_a_server_that_counts_the_end_token_loses_it_and_only_at_a_stop() {
+        assert_eq!(ended(Some("stop"), 43).tokens_without_end(true), 42);
+        assert_eq!(ended(Some("stop"), 42).tokens_without_end(false), 42);
+        // Cut at max_tokens: no end token was sampled.
+        assert_eq!(ended(Some("length"), 96).tokens_without_end(true), 96);
+        assert_eq!(ended(None, 0).tokens_without_end(true), 0);
+    }
 }

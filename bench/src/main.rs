@@ -652,7 +652,10 @@ async fn load_run(
         measurements.extend(task.await.context("a load client panicked")??);
     }
     let wall_s = started.elapsed().as_secs_f64();
-    let tokens: u64 = measurements.iter().map(|m| m.completion_tokens).sum();
+    let tokens: u64 = measurements
+        .iter()
+        .map(|m| m.tokens_without_end(!specdec_fields))
+        .sum();
     let latencies: Vec<f64> = measurements.iter().map(|m| m.e2e_ms).collect();
     Ok(LoadResult {
         server: name.into(),

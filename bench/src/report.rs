@@ -169,7 +169,8 @@ pub struct LoadResult {
     pub concurrency: usize,
     /// Requests completed.
     pub requests: usize,
-    /// Generated tokens in all.
+    /// Generated tokens in all, without end-of-generation tokens (see
+    /// [`crate::client::Measurement::tokens_without_end`]).
     pub tokens: u64,
     /// Seconds from the first request to the last response.
     pub wall_s: f64,
@@ -922,6 +923,7 @@ mod tests {
                 accepted_tokens: Some(5),
                 drafts: Some(5),
                 rounds_by_draft_length: vec![3, 1],
+                finish_reason: Some("stop".into()),
             },
             reference: "Hello".into(),
             chrf: 100.0,

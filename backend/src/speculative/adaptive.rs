@@ -25,8 +25,12 @@
 //!
 //! When plain decoding wins, acceptance is no longer observed, so the policy
 //! probes: after an interval of plain rounds it drafts once at the best
-//! speculative length, and doubles the interval each time the probe does not
-//! change the decision. A drafter that even at perfect acceptance would not
+//! speculative length, and doubles the interval each time the probe does no
+//! better than expected (by more than the spread of the expectation). A
+//! probe also waits until what the drafter must first read (the tokens it
+//! missed, a new request's prompt too) costs at most a quarter of the plain
+//! rounds since the last one; every decision counts that catch-up as the
+//! cost of the round that would draft. A drafter that even at perfect acceptance would not
 //! beat plain decoding by a margin (as the costs stand) is probed far more
 //! rarely, at intervals from 64 rounds doubling to 1,024: only a draft
 //! re-measures its cost, and the costs it was judged by may have been taken
@@ -50,6 +54,9 @@ const PRIOR_FIRST: f64 = 0.8;
 /// First and longest probe intervals, in plain rounds.
 const PROBE_FIRST: u32 = 8;
 const PROBE_LONGEST: u32 = 1024;
+/// Most of the time of the plain rounds since the last probe that the next
+/// probe's catch-up may cost (reading what the drafter missed).
+const PROBE_CATCH_UP_SHARE: f64 = 0.25;
 /// First probe interval of a drafter that could not pay even at perfect
 /// acceptance as the costs stand; it doubles with every such probe.
 const HOPELESS_PROBE_FIRST: u32 = 64;
@@ -590,7 +597,15 @@ impl AdaptiveState {
                 } else {
                     self.hopeless_interval.max(HOPELESS_PROBE_FIRST)
                 };
-                if self.plain_rounds >= interval && !options.defer_probe {
+                // A probe first catches the drafter up on what it missed
+                // (the prompt too, in a new request): it waits until that
+                // costs at most a share of the plain rounds since the last.
+                let plain_ms = cost
+                    .expected_round(0, &[], options.chunk, options.sample_ms)
+                    .1;
+                let affordable = options.catch_up_ms
+                    <= PROBE_CATCH_UP_SHARE * f64::from(self.plain_rounds) * plain_ms;
+                if self.plain_rounds >= interval && !options.defer_probe && affordable {
                     self.probing = true;
                     self.probing_hopeless = !could_pay;
                     // One probe per interval: the sequences deciding next,
@@ -1135,6 +1150,40 @@ mod tests {
         }
         // The first round allowed to probe does.
         assert!(state.decide(&free, &model_only(8, 8), &lookup).draft_length > 0);
+    }
+
+    #[test]
+    fn a_probe_waits_until_its_catch_up_is_a_small_share_of_the_plain_rounds() {
+        // A 2-core CPU: 75 ms plain rounds; the drafter can pay at perfect
+        // acceptance but is always wrong, so plain rounds and probes.
+        let cpu = CostModel::calibrated(&[(1, 75.0), (2, 80.0), (3, 85.0)], 10.0, 8).unwrap();
+        let mut state = AdaptiveState::default();
+        let mut lookup = AcceptanceModel::default();
+        for _ in 0..200 {
+            let d = state.decide(&cpu, &model_only(4, 8), &lookup);
+            state.observe(d.proposer, d.draft_length, 0, false, &mut lookup);
+        }
+        // A new request: the drafter has not read its prompt (600 ms to
+        // catch up) and falls one more token behind each plain round.
+        let mut rounds = 0;
+        let plain_since = loop {
+            rounds += 1;
+            let options = Options {
+                catch_up_ms: 600.0 + 7.5 * rounds as f64,
+                ..model_only(4, 8)
+            };
+            let plain_since = f64::from(state.plain_rounds) * 75.0;
+            let d = state.decide(&cpu, &options, &lookup);
+            if d.draft_length > 0 {
+                break plain_since;
+            }
+            state.observe(d.proposer, 0, 0, false, &mut lookup);
+            assert!(rounds < 10_000);
+        };
+        // Not before the catch-up is at most a quarter of the plain time
+        // since the last probe.
+        assert!(600.0 + 7.5 * rounds as f64 <= 0.25 * plain_since + 1e-9);
+        assert!(rounds > 30, "{rounds}");
     }
 
     #[test]
