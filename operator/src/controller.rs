@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{predicates, watcher, PredicateConfig, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -367,7 +367,8 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         &observation,
         Time(jiff::Timestamp::now()),
     );
-    if sd.status.as_ref() != Some(&status) {
+    let status_changed = sd.status.as_ref() != Some(&status);
+    if status_changed {
         let patch = json!({
             "apiVersion": SpeculativeDeployment::api_version(&()),
             "kind": SpeculativeDeployment::kind(&()),
@@ -380,6 +381,10 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
                 &Patch::Apply(&patch),
             )
             .await?;
+        ctx.metrics
+            .status_writes
+            .with_label_values(&[] as &[&str])
+            .inc();
     }
     ctx.metrics.set_deployment(
         &namespace,
@@ -388,6 +393,7 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         &status.acceptance,
     );
     ctx.failures().remove(&key(sd));
+    tracing::debug!(object = %key(sd), status_written = status_changed, "reconcile done");
     let result = match outcome {
         Outcome::Applied => "applied",
         Outcome::Blocked { .. } => "blocked",
@@ -441,8 +447,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     };
     let children =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let controller = Controller::new(resources, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // Only a new generation (a spec change) of an object triggers a
+    // reconcile, never its status: the reconcile's own status write must not
+    // be what wakes it up next (under traffic every write would, as the
+    // acceptance counters move). Children's changes still trigger, and the
+    // status timer refreshes what the pods report.
+    let (store, writer) = reflector::store();
+    let primary = watcher(resources, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let controller = Controller::for_stream(primary, store.clone());
     let metrics = ctx.metrics.clone();
     // Deleted objects are not reconciled: drop their gauges here.
     let cleanup = tokio::spawn(async move {

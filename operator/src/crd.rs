@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::DeploymentStrategy;
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -91,6 +92,12 @@ pub struct SpeculativeDeploymentSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
     pub gpus: i32,
+    /// How the Deployment replaces its pods on a change. Unset: Kubernetes'
+    /// rolling update (25 % surge) without GPUs; with `gpus`, no surge and
+    /// one pod down at a time, since a surge pod waits for GPUs a full pool
+    /// does not have and the rollout would never progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
     /// CPU and memory of the server container; `gpus` adds the GPU limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Reconcile duration.
     pub duration: HistogramVec,
+    /// Status writes (patches of a SpeculativeDeployment's status).
+    pub status_writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
     /// Acceptance per deployment and language, from the pods.
@@ -60,6 +62,13 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let status_writes = IntCounterVec::new(
+            opts(
+                "status_writes_total",
+                "Patches of SpeculativeDeployment status, written when it changed.",
+            ),
+            &[],
+        )?;
         let duration = HistogramVec::new(
             HistogramOpts::new("reconcile_duration_seconds", "Time a reconcile took.")
                 .namespace(NAMESPACE)
@@ -92,6 +101,7 @@ impl Metrics {
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(status_writes.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(acceptance_rate.clone()))?;
         registry.register(Box::new(mean_accepted_length.clone()))?;
@@ -102,6 +112,7 @@ impl Metrics {
             reconciliations,
             errors,
             duration,
+            status_writes,
             leader,
             acceptance_rate,
             mean_accepted_length,

@@ -95,6 +95,9 @@ def free_port() -> int:
 class Operator:
     """One `specdec-operator run` process."""
 
+    #: Its --status-interval: how often it refreshes what the pods report.
+    status_interval_s = 2
+
     def __init__(self, kubectl: Kubectl, identity: str, log_dir: Path,
                  lease_namespace: str = LEASE_NAMESPACE):
         self.binary = target_dir() / "release" / "specdec-operator"
@@ -112,7 +115,8 @@ class Operator:
         self.process = subprocess.Popen(
             [str(self.binary), "run", "--listen", f"127.0.0.1:{self.port}",
              "--identity", self.identity, "--lease-namespace", self.lease_namespace,
-             "--lease-duration", "6", "--lease-retry", "1", "--status-interval", "2"],
+             "--lease-duration", "6", "--lease-retry", "1",
+             "--status-interval", str(self.status_interval_s)],
             stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
             env={**self.kubectl.env, "SPECDEC_OPERATOR_LOG": "info,specdec_operator=debug"},
         )

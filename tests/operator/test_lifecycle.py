@@ -3,9 +3,11 @@ the registry the operator writes is the one the backend accepts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +60,11 @@ def test_apply_creates_children_on_gpu_nodes_and_turns_ready(cluster, deployed):
     # The sample asks for one GPU per pod: the scheduler puts the pods on the GPU nodes.
     placed = pods(cluster, ns)
     assert len(placed) == 2
+    # GPU pods roll one at a time without surge: a full GPU pool has no
+    # room for a surge pod.
+    rolling = cluster.json("get", "deployment", NAME, "-n", ns)["spec"]["strategy"]
+    assert rolling == {"type": "RollingUpdate",
+                       "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}, rolling
     for pod in placed:
         assert pod["spec"]["nodeName"].startswith("gpu-"), pod["spec"].get("nodeName")
         limits = pod["spec"]["containers"][0]["resources"]["limits"]
@@ -110,6 +117,12 @@ def test_editing_languages_rolls_the_pods_and_scaling_shows_in_status(cluster, d
     # One replica: no disruption budget (it would block every drain).
     wait_for("the PodDisruptionBudget to go",
              lambda: not cluster.exists("poddisruptionbudget", NAME, "-n", ns), timeout=30)
+    # The spec's own rollout strategy replaces the GPU default.
+    cluster("patch", "specdep", NAME, "-n", ns, "--type", "merge", "-p",
+            '{"spec": {"strategy": {"type": "Recreate"}}}')
+    wait_for("the Deployment to take the spec's strategy",
+             lambda: cluster.json("get", "deployment", NAME, "-n", ns)["spec"]["strategy"]
+             == {"type": "Recreate"}, timeout=30)
 
 
 def test_deleting_collects_everything_it_owned(cluster, deployed):
@@ -148,10 +161,11 @@ def test_backend_accepts_the_registry_the_operator_writes(cluster, deployed, tmp
     assert bad.returncode != 0 and "does not exist" in bad.stderr
 
 
-def test_status_reports_acceptance_read_from_a_real_pod(cluster, deployed, tmp_path):
+@contextlib.contextmanager
+def backend_on_pod_ip(cluster, ns, tmp_path):
     """kwok's pods get loopback IPs: a real `specdec serve` bound to one pod's
-    IP, with the registry from the ConfigMap, is what the operator scrapes."""
-    ns = deployed
+    IP, with the registry from the ConfigMap, is what the operator scrapes.
+    Yields the server's base URL once it is ready."""
     pod = pods(cluster, ns)[0]
     ip = pod["status"]["podIP"]
     assert ip.startswith("127."), ip
@@ -172,6 +186,16 @@ def test_status_reports_acceptance_read_from_a_real_pod(cluster, deployed, tmp_p
         url = f"http://{ip}:8080"
         wait_for("the backend on the pod IP", lambda: server.poll() is None
                  and requests.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=180)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_status_reports_acceptance_read_from_a_real_pod(cluster, deployed, tmp_path):
+    """The operator scrapes a real backend on a pod's IP."""
+    ns = deployed
+    with backend_on_pod_ip(cluster, ns, tmp_path) as url:
         from openai import OpenAI
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
         reply = client.chat.completions.create(
@@ -195,6 +219,57 @@ def test_status_reports_acceptance_read_from_a_real_pod(cluster, deployed, tmp_p
         assert row["acceptanceRate"] == f"{spec['accepted_tokens'] / spec['draft_tokens']:.2f}"
         table = cluster("get", "specdep", NAME, "-n", ns)
         assert row["acceptanceRate"] in table.splitlines()[1]
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+
+
+def reconciles_of(operator, ns) -> tuple[int, int]:
+    """(reconciles, status writes) of the sample in `ns` so far, from the
+    operator's own log."""
+    done = [line for line in operator.log.read_text().splitlines()
+            if "reconcile done" in line and f"object={ns}/{NAME}" in line]
+    return len(done), sum("status_written=true" in line for line in done)
+
+
+def test_traffic_does_not_drive_reconciles_past_the_status_timer(cluster, operator, deployed, tmp_path):
+    """Requests finishing on the pods move the acceptance counters the status
+    shows: the status is refreshed on the status timer, and its writes do not
+    wake the operator up again (under steady traffic they would all the time)."""
+    ns = deployed
+    interval = operator.status_interval_s
+    window = 30.0
+    with backend_on_pod_ip(cluster, ns, tmp_path) as url:
+        import requests
+        stop = threading.Event()
+        served = []
+
+        def client(n):
+            # Fixed drafts, so that every request moves the counters.
+            body = {"model": NAME, "max_tokens": 6, "temperature": 0, "language": "de",
+                    "speculative": {"max": 4, "adaptive": False},
+                    "messages": [{"role": "user", "content": f"Übersetze: Guten Morgen, Nummer {n}."}]}
+            while not stop.is_set():
+                reply = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+                assert reply.status_code == 200, reply.text
+                served.append(reply.json()["usage"]["completion_tokens"])
+
+        clients = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+        for c in clients:
+            c.start()
+        try:
+            time.sleep(5)  # the traffic under way
+            before = reconciles_of(operator, ns)
+            time.sleep(window)
+            after = reconciles_of(operator, ns)
+        finally:
+            stop.set()
+            for c in clients:
+                c.join(timeout=180)
+    reconciles, writes = after[0] - before[0], after[1] - before[1]
+    ticks = window / interval
+    print(f"{len(served)} requests; in {window:.0f} s: {reconciles} reconciles, {writes} status "
+          f"writes; status timer {interval} s ({ticks:.0f} ticks)", file=sys.stderr)
+    assert len(served) >= 10, served
+    # The status keeps up with the pods...
+    assert writes >= ticks / 2, (reconciles, writes)
+    # ...at the timer's rate: a write that woke the next reconcile would
+    # double the reconciles at least.
+    assert reconciles <= ticks * 1.25 + 2, (reconciles, writes, ticks)

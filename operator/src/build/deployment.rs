@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
     HostPathVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
@@ -54,6 +56,22 @@ fn probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
         timeout_seconds: Some(5),
         ..Probe::default()
     }
+}
+
+/// How the Deployment rolls: the spec's strategy, else with GPUs one pod
+/// replaced at a time without surge (a full GPU pool has no room for a
+/// surge pod), else Kubernetes' default.
+fn strategy(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {
+    if spec.strategy.is_some() {
+        return spec.strategy.clone();
+    }
+    (spec.gpus > 0).then(|| DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(0)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        }),
+    })
 }
 
 /// The server container's resources: the spec's, plus `gpus` as a limit (and
@@ -247,6 +265,7 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
         metadata: owner.child_meta(owner.name.clone()),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
+            strategy: strategy(spec),
             selector: LabelSelector {
                 match_labels: Some(owner.selector_labels()),
                 ..LabelSelector::default()
@@ -304,6 +323,31 @@ mod tests {
             .join("\n");
         assert!(args.contains(spec.target.model.sha256.as_deref().unwrap()));
         assert!(args.contains("fetch --url https://"));
+    }
+
+    fn rolling(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {
+        let plan = plan(spec).unwrap();
+        deployment(&owner(), spec, &plan).spec.unwrap().strategy
+    }
+
+    #[test]
+    fn gpu_pods_roll_one_at_a_time_without_surge_unless_the_spec_says() {
+        let mut spec = sample_spec();
+        spec.gpus = 1;
+        let gpu = rolling(&spec).unwrap().rolling_update.unwrap();
+        assert_eq!(gpu.max_surge, Some(IntOrString::Int(0)));
+        assert_eq!(gpu.max_unavailable, Some(IntOrString::Int(1)));
+        // Without GPUs, Kubernetes' default.
+        spec.gpus = 0;
+        assert_eq!(rolling(&spec), None);
+        // The spec's own strategy wins, GPUs or not.
+        let recreate = DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        };
+        spec.gpus = 2;
+        spec.strategy = Some(recreate.clone());
+        assert_eq!(rolling(&spec), Some(recreate));
     }
 
     #[test]
