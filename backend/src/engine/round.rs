@@ -111,9 +111,10 @@ impl RidingPieces {
 /// a long prompt then at most doubles the others' time between tokens. Over
 /// a unified cache pieces of up to `riding_rows` rows in all ride in the
 /// step's shared pass instead (returned), and a prompt of at most
-/// `MAX_PROMPT_PIECE` tokens rides whole if that many rows are left. Every piece ends on a multiple of the granularity, or is the
-/// prompt's remainder alone (see [`prompt_piece`]), so the cache holds what
-/// reading the prompt at once leaves.
+/// `MAX_PROMPT_PIECE` tokens rides whole if that many rows are left. Every
+/// piece ends on a multiple of the granularity, or is the prompt's
+/// remainder alone (see [`prompt_piece`]), so the cache holds what reading
+/// the prompt at once leaves.
 pub(super) fn read_prompts(
     slots: &mut [Option<Sequence>],
     contexts: &mut Contexts,

@@ -326,15 +326,10 @@ impl AcceptanceModel {
         }
     }
 
-    /// Expected number of the first `len` drafted tokens accepted:
-    /// `P_1 + … + P_len`, with `P_i` the probability that the first `i` all are.
-    pub fn expected_accepted(&self, len: usize) -> f64 {
-        survival(&self.conditional(len), len)[1..].iter().sum()
-    }
-
-    /// Mean and standard deviation of the number of the first `len`
-    /// drafted tokens accepted (`X`, with `P(X >= i) = P_i`, so that
-    /// `E[X^2]` is the sum of `(2i - 1) P_i`).
+    /// Mean and standard deviation of the number `X` of the first `len`
+    /// drafted tokens accepted. With `P_i` the probability that the first
+    /// `i` all are, `P(X >= i) = P_i`: the mean is `P_1 + … + P_len` and
+    /// `E[X^2]` the sum of `(2i - 1) P_i`.
     pub fn accepted_spread(&self, len: usize) -> (f64, f64) {
         let survive = survival(&self.conditional(len), len);
         let mean: f64 = survive[1..].iter().sum();
@@ -514,7 +509,8 @@ impl AdaptiveState {
         options: &Options,
         lookup: &AcceptanceModel,
     ) -> Decision {
-        let plain = rate(cost.expected_round(0, &[], options.chunk, options.sample_ms));
+        let plain_round = cost.expected_round(0, &[], options.chunk, options.sample_ms);
+        let plain = rate(plain_round);
         let mut candidates = Vec::with_capacity(2);
         if options.model {
             candidates.push((
@@ -600,11 +596,8 @@ impl AdaptiveState {
                 // A probe first catches the drafter up on what it missed
                 // (the prompt too, in a new request): it waits until that
                 // costs at most a share of the plain rounds since the last.
-                let plain_ms = cost
-                    .expected_round(0, &[], options.chunk, options.sample_ms)
-                    .1;
                 let affordable = options.catch_up_ms
-                    <= PROBE_CATCH_UP_SHARE * f64::from(self.plain_rounds) * plain_ms;
+                    <= PROBE_CATCH_UP_SHARE * f64::from(self.plain_rounds) * plain_round.1;
                 if self.plain_rounds >= interval && !options.defer_probe && affordable {
                     self.probing = true;
                     self.probing_hopeless = !could_pay;
@@ -992,10 +985,10 @@ mod tests {
     fn expected_accepted_sums_survival() {
         let mut m = AcceptanceModel::default();
         let p = PRIOR_FIRST;
-        assert!((m.expected_accepted(2) - (p + p * p)).abs() < 1e-12);
+        assert!((m.accepted_spread(2).0 - (p + p * p)).abs() < 1e-12);
         m.observe(1, 0);
-        assert!(m.expected_accepted(1) < p);
-        assert_eq!(m.expected_accepted(0), 0.0);
+        assert!(m.accepted_spread(1).0 < p);
+        assert_eq!(m.accepted_spread(0).0, 0.0);
     }
 
     #[test]

@@ -62,15 +62,14 @@ fn probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
 /// replaced at a time without surge (a full GPU pool has no room for a
 /// surge pod), else Kubernetes' default.
 fn strategy(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {
-    if spec.strategy.is_some() {
-        return spec.strategy.clone();
-    }
-    (spec.gpus > 0).then(|| DeploymentStrategy {
-        type_: Some("RollingUpdate".into()),
-        rolling_update: Some(RollingUpdateDeployment {
-            max_surge: Some(IntOrString::Int(0)),
-            max_unavailable: Some(IntOrString::Int(1)),
-        }),
+    spec.strategy.clone().or_else(|| {
+        (spec.gpus > 0).then(|| DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(0)),
+                max_unavailable: Some(IntOrString::Int(1)),
+            }),
+        })
     })
 }
 
