@@ -166,83 +166,134 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         },
     );
     let signal = shutdown_signal();
-    tokio::pin!(signal);
-    tokio::select! {
-        () = lead(&elector, ctx, metrics.clone(), stop_rx.clone()) => {}
-        () = &mut signal => tracing::info!("shutting down"),
-    }
+    let leading = lead(&elector, ctx, metrics.clone(), stop_rx.clone());
+    tokio::pin!(leading);
+    // On a signal the controller stops first, then the Lease is released:
+    // the next leader must not reconcile while this one still does.
+    let outcome = tokio::select! {
+        outcome = &mut leading => outcome,
+        () = signal => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            leading.await
+        }
+    };
     let _ = stop_tx.send(true);
     metrics.leader.set(0);
-    if let Err(e) = elector.release().await {
-        tracing::warn!(error = %e, "cannot release the Lease");
+    match tokio::time::timeout(elector.settings().retry_period, elector.release()).await {
+        Ok(Ok(())) => tracing::info!("released the Lease"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the Lease"),
+        Err(_) => tracing::warn!("cannot release the Lease in time"),
     }
     let _ = http.await;
+    outcome?;
     tracing::info!("operator stopped");
     Ok(())
 }
 
+/// Why a replica stopped leading.
+enum SteppedDown {
+    /// It lost the Lease or could not renew it in time: it competes again.
+    LostLease,
+    /// The process is stopping.
+    Stopping,
+    /// The controller ended on its own (a bug): the process exits, so that
+    /// it is restarted instead of renewing a Lease it does nothing with.
+    ControllerEnded,
+}
+
 /// Acquire the Lease, reconcile while holding it, and go back to waiting
 /// when it is lost (or cannot be renewed in time, say while the API server
-/// is down), so that two replicas never reconcile at once.
+/// is down), so that two replicas never reconcile at once. Returns once
+/// `stop` is set and the controller has stopped, or with an error when the
+/// controller ended by itself.
 async fn lead(
     elector: &LeaderElector,
     ctx: Arc<Context>,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> anyhow::Result<()> {
     let retry = elector.settings().retry_period;
+    let duration = elector.settings().duration;
     // Stop reconciling before the Lease could expire for the others.
-    let renew_deadline = elector.settings().duration.saturating_sub(retry).max(retry);
+    let renew_deadline = duration.saturating_sub(retry).max(retry);
+    let stopping = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     loop {
-        match elector.try_acquire_or_renew().await {
-            Ok(Leadership::Leading) => {}
-            Ok(Leadership::Following) => {
-                tokio::time::sleep(retry).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the Lease");
-                tokio::time::sleep(retry).await;
+        if *stop.borrow() {
+            return Ok(());
+        }
+        // A call that hangs must not outlive the Lease it is about.
+        let tried = tokio::time::timeout(duration, elector.try_acquire_or_renew()).await;
+        match tried {
+            Ok(Ok(Leadership::Leading)) => {}
+            outcome => {
+                match outcome {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the Lease"),
+                    Err(_) => tracing::warn!("the Lease did not answer in time"),
+                    Ok(Ok(_)) => {}
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = stopping(stop.clone()) => return Ok(()),
+                }
                 continue;
             }
         }
         tracing::info!("acquired the Lease; reconciling");
         metrics.leader.set(1);
         let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
-        let mut stop = stop.clone();
-        let controller_stop = async move {
-            let mut lost = lost_rx;
+        let controller_stop = stopping(lost_rx);
+        let mut controller = tokio::spawn(controller::run(ctx.clone(), controller_stop));
+        let mut last_renewal = tokio::time::Instant::now();
+        let why = loop {
             tokio::select! {
-                _ = lost.wait_for(|l| *l) => {}
-                _ = stop.wait_for(|s| *s) => {}
+                () = tokio::time::sleep(retry) => {}
+                () = stopping(stop.clone()) => break SteppedDown::Stopping,
+                _ = &mut controller => break SteppedDown::ControllerEnded,
+            }
+            let left = renew_deadline.saturating_sub(last_renewal.elapsed());
+            match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
+                Ok(Ok(Leadership::Leading)) => last_renewal = tokio::time::Instant::now(),
+                Ok(Ok(Leadership::Following)) => {
+                    tracing::warn!("lost the Lease to another replica");
+                    break SteppedDown::LostLease;
+                }
+                Ok(Err(e)) if last_renewal.elapsed() <= renew_deadline => {
+                    tracing::warn!(error = %e, "cannot renew the Lease; retrying")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot renew the Lease in time; stepping down");
+                    break SteppedDown::LostLease;
+                }
+                Err(_) => {
+                    tracing::warn!("the renewal did not answer in time; stepping down");
+                    break SteppedDown::LostLease;
+                }
             }
         };
-        let controller = tokio::spawn(controller::run(ctx.clone(), controller_stop));
-        let mut last_renewal = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(retry).await;
-            match elector.try_acquire_or_renew().await {
-                Ok(Leadership::Leading) => last_renewal = tokio::time::Instant::now(),
-                Ok(Leadership::Following) => {
-                    tracing::warn!("lost the Lease to another replica");
-                    break;
-                }
-                Err(e) if last_renewal.elapsed() > renew_deadline => {
-                    tracing::warn!(error = %e, "cannot renew the Lease in time; stepping down");
-                    break;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the Lease; retrying"),
-            }
-        }
         metrics.leader.set(0);
         let _ = lost_tx.send(true);
-        // The controller stops gracefully; do not wait forever for it.
-        let abort = controller.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(10), controller)
-            .await
-            .is_err()
-        {
-            abort.abort();
+        if !matches!(why, SteppedDown::ControllerEnded) {
+            // The controller stops gracefully; do not wait forever for it.
+            let abort = controller.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), controller)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        // What this replica published is another leader's to publish now.
+        metrics.forget_all();
+        tracing::info!("controller stopped");
+        match why {
+            SteppedDown::LostLease => {}
+            SteppedDown::Stopping => return Ok(()),
+            SteppedDown::ControllerEnded => {
+                anyhow::bail!("the controller ended while leading")
+            }
         }
     }
 }

@@ -98,6 +98,15 @@ pub enum Error {
     /// The HTTP client for scraping could not be built.
     #[error("http client: {0}")]
     Http(String),
+    /// The API server refused a child as invalid or forbidden: retrying the
+    /// same object cannot succeed, so the object is Degraded instead.
+    #[error("the API server refused {object}: {message}")]
+    Rejected {
+        /// `Kind/name` of the child.
+        object: String,
+        /// The API server's message.
+        message: String,
+    },
 }
 
 impl Error {
@@ -108,6 +117,7 @@ impl Error {
             Error::Kube(_) => "transport",
             Error::MissingMetadata(_) => "metadata",
             Error::Http(_) => "http",
+            Error::Rejected { .. } => "rejected",
         }
     }
 }
@@ -161,6 +171,30 @@ async fn has_service_monitors(client: &Client) -> bool {
     kube::discovery::pinned_kind(client, &gvk).await.is_ok()
 }
 
+/// Server-side apply one child, telling a refusal of the object itself
+/// (invalid, or forbidden by policy or quota) from a failure worth retrying.
+async fn apply_child<K>(api: &Api<K>, name: &str, child: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(name, &params, &Patch::Apply(child)).await {
+        Err(kube::Error::Api(status))
+            if matches!(status.code, 400 | 403 | 422) && !refused_for_termination(&status) =>
+        {
+            Err(Error::Rejected {
+                object: format!("{}/{name}", K::kind(&())),
+                message: status.message,
+            })
+        }
+        result => Ok(result?),
+    }
+}
+
 /// Server-side apply every child; returns the Deployment as stored.
 async fn apply(
     client: &Client,
@@ -172,29 +206,28 @@ async fn apply(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let configmap = build::configmap(owner, plan);
     let configmap_name = configmap.metadata.name.clone().unwrap_or_default();
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .patch(&configmap_name, &params, &Patch::Apply(&configmap))
-        .await?;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .patch(
-            &owner.name,
-            &params,
-            &Patch::Apply(&build::service(owner, spec)),
-        )
-        .await?;
-    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(
-            &owner.name,
-            &params,
-            &Patch::Apply(&build::deployment(owner, spec, plan)),
-        )
-        .await?;
+    apply_child(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        &configmap_name,
+        &configmap,
+    )
+    .await?;
+    apply_child(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &owner.name,
+        &build::service(owner, spec),
+    )
+    .await?;
+    let deployment = apply_child(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &owner.name,
+        &build::deployment(owner, spec, plan),
+    )
+    .await?;
     let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
     match build::pod_disruption_budget(owner, spec) {
         Some(pdb) => {
-            budgets
-                .patch(&owner.name, &params, &Patch::Apply(&pdb))
-                .await?;
+            apply_child(&budgets, &owner.name, &pdb).await?;
         }
         None => delete_if_present(&budgets, &owner.name).await?,
     }
@@ -213,22 +246,48 @@ async fn apply(
     Ok(deployment)
 }
 
-/// Sum the acceptance counters of the ready pods. A pod that cannot be
-/// scraped is skipped: acceptance is information, not a reason to fail.
-async fn scrape_acceptance(ctx: &Context, owner: &Owner) -> Totals {
+/// The pods of `owner`'s Deployment. A failure to list leaves them unknown
+/// (empty): what they report is information, not a reason to fail.
+async fn list_pods(ctx: &Context, owner: &Owner) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &owner.namespace);
-    let list = match pods
+    match pods
         .list(&ListParams::default().labels(&owner.selector_string()))
         .await
     {
-        Ok(list) => list,
+        Ok(list) => list.items,
         Err(e) => {
-            tracing::debug!(error = %e, "cannot list pods for acceptance");
-            return Totals::new();
+            tracing::debug!(error = %e, "cannot list pods");
+            Vec::new()
         }
-    };
-    let urls: Vec<String> = list
-        .items
+    }
+}
+
+/// Delete the registry ConfigMaps that neither the current spec, a rollback
+/// to the previous one nor a running pod needs.
+async fn collect_registries(
+    ctx: &Context,
+    owner: &Owner,
+    registry_sha256: &str,
+    pods: &[Pod],
+) -> Result<(), Error> {
+    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &owner.namespace);
+    let selector = format!(
+        "{},app.kubernetes.io/managed-by={FIELD_MANAGER}",
+        owner.selector_string()
+    );
+    let existing = api.list(&ListParams::default().labels(&selector)).await?;
+    let current = build::configmap_name_for_sha(owner, registry_sha256);
+    for name in build::registries_to_collect(owner, &current, &existing.items, pods) {
+        tracing::debug!(object = %format!("{}/{}", owner.namespace, owner.name), configmap = %name, "collecting an old registry");
+        delete_if_present(&api, &name).await?;
+    }
+    Ok(())
+}
+
+/// Sum the acceptance counters of the ready pods. A pod that cannot be
+/// scraped is skipped: acceptance is information, not a reason to fail.
+async fn scrape_acceptance(ctx: &Context, pods: &[Pod]) -> Totals {
+    let urls: Vec<String> = pods
         .iter()
         .filter(|pod| {
             pod.status
@@ -277,18 +336,39 @@ async fn publish(
 /// deleted: the object goes with it, so there is nothing to fix or retry.
 fn namespace_terminating(error: &Error) -> bool {
     match error {
-        Error::Kube(kube::Error::Api(status)) => status
-            .details
-            .as_ref()
-            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")),
+        Error::Kube(kube::Error::Api(status)) => refused_for_termination(status),
+        _ => false,
+    }
+}
+
+fn refused_for_termination(status: &kube::core::Status) -> bool {
+    status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+}
+
+/// Whether the API server answered that the reconciled object itself no
+/// longer exists: it was deleted while the reconcile ran (its children go
+/// with it through their owner references), so there is nothing to retry.
+fn object_deleted(error: &Error, name: &str) -> bool {
+    match error {
+        Error::Kube(kube::Error::Api(status)) => {
+            status.is_not_found()
+                && status.details.as_ref().is_some_and(|d| {
+                    d.name == name
+                        && d.kind == SpeculativeDeployment::plural(&())
+                        && d.group == SpeculativeDeployment::group(&())
+                })
+        }
         _ => false,
     }
 }
 
 async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     match reconcile_once(&sd, &ctx).await {
-        Err(error) if namespace_terminating(&error) => {
-            tracing::debug!(object = %key(&sd), "namespace is being deleted; nothing to reconcile");
+        Err(error) if namespace_terminating(&error) || object_deleted(&error, &sd.name_any()) => {
+            tracing::debug!(object = %key(&sd), %error, "object or its namespace is being deleted; nothing to reconcile");
             ctx.failures().remove(&key(&sd));
             Ok(Action::await_change())
         }
@@ -303,9 +383,11 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         .with_label_values(&[] as &[&str])
         .start_timer();
     let namespace = sd.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let reference = sd
+    let mut reference = sd
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
+    // Foreground deletion of the object waits for its children.
+    reference.block_owner_deletion = Some(true);
     let owner = Owner {
         name: sd.name_any(),
         namespace: namespace.clone(),
@@ -323,9 +405,19 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         }),
     };
     let previous_sha = sd.status.as_ref().and_then(|s| s.registry_sha256.clone());
-    let (outcome, deployment, registry_sha256) = match planned {
-        Ok(plan) => {
-            let deployment = apply(&ctx.client, &owner, spec, &plan).await?;
+    let applied = match planned {
+        Ok(plan) => match apply(&ctx.client, &owner, spec, &plan).await {
+            Ok(deployment) => Ok((plan, deployment)),
+            Err(Error::Rejected { object, message }) => Err(Outcome::Blocked {
+                reason: "ApplyRejected".into(),
+                message: format!("the API server refused {object}: {message}"),
+            }),
+            Err(e) => return Err(e),
+        },
+        Err(blocked) => Err(blocked),
+    };
+    let (outcome, deployment, registry_sha256) = match applied {
+        Ok((plan, deployment)) => {
             if previous_sha.as_deref() != Some(plan.registry_sha256.as_str()) {
                 let note = match previous_sha {
                     Some(_) => "registry changed; rolling the pods",
@@ -350,12 +442,17 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
             (blocked, deployment, None)
         }
     };
-    let totals = scrape_acceptance(ctx, &owner).await;
+    let pods = list_pods(ctx, &owner).await;
+    if let (Outcome::Applied, Some(current)) = (&outcome, &registry_sha256) {
+        collect_registries(ctx, &owner, current, &pods).await?;
+    }
+    let totals = scrape_acceptance(ctx, &pods).await;
     let observation = Observation {
         generation: sd.metadata.generation,
         desired_replicas: spec.replicas,
         outcome: outcome.clone(),
         deployment: deployment.as_ref(),
+        pod_problems: status::pod_problems(&pods),
         selector: owner.selector_string(),
         endpoint: owner.endpoint(spec.service.port),
         registry_sha256,
@@ -367,6 +464,21 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         &observation,
         Time(jiff::Timestamp::now()),
     );
+    // What the pods or the Deployment report is published once, as it
+    // turns up; a refused spec above is published on every attempt.
+    if outcome == Outcome::Applied {
+        if let Some(newly) = status::newly_degraded(sd.status.as_ref(), &status) {
+            tracing::warn!(object = %key(sd), reason = %newly.reason, message = %newly.message, "degraded");
+            publish(
+                ctx,
+                sd,
+                EventType::Warning,
+                &newly.reason,
+                newly.message.clone(),
+            )
+            .await;
+        }
+    }
     let status_changed = sd.status.as_ref() != Some(&status);
     if status_changed {
         let patch = json!({
@@ -521,6 +633,40 @@ mod tests {
                 retry_after_seconds: 0,
             });
         Error::Kube(kube::Error::Api(status.boxed()))
+    }
+
+    fn not_found(kind: &str, group: &str, name: &str) -> Error {
+        let status = kube::core::Status::failure("not found", "NotFound")
+            .with_code(404)
+            .with_details(kube::core::response::StatusDetails {
+                causes: vec![],
+                name: name.into(),
+                group: group.into(),
+                kind: kind.into(),
+                uid: String::new(),
+                retry_after_seconds: 0,
+            });
+        Error::Kube(kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn only_the_reconciled_object_gone_is_not_an_error() {
+        let group = "specdec.io";
+        assert!(object_deleted(
+            &not_found("speculativedeployments", group, "qwen"),
+            "qwen"
+        ));
+        // Another object of the kind, or a child of the same name, missing
+        // is a real failure.
+        assert!(!object_deleted(
+            &not_found("speculativedeployments", group, "other"),
+            "qwen"
+        ));
+        assert!(!object_deleted(
+            &not_found("deployments", "apps", "qwen"),
+            "qwen"
+        ));
+        assert!(!object_deleted(&forbidden("NamespaceTerminating"), "qwen"));
     }
 
     #[test]

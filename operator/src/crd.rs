@@ -148,7 +148,10 @@ pub struct ModelSource {
     /// `https://HOST/PATH.gguf` (downloaded by an init container and checked
     /// against `sha256`), `pvc://CLAIM/PATH.gguf` (a file on a
     /// PersistentVolumeClaim of the namespace, mounted read-only) or
-    /// `file:///PATH.gguf` (a file already on the node).
+    /// `file:///PATH.gguf` (a file already on the node, mounted as a hostPath
+    /// volume: only a namespace whose Pod Security level is `privileged`
+    /// admits such pods; elsewhere the object turns Degraded with the
+    /// admission's refusal).
     #[schemars(length(min = 1, max = 2048))]
     pub uri: String,
     /// Lowercase hex SHA-256 of the file; required for `https://`.

@@ -1,9 +1,13 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so that several
 //! operator replicas can run and only one reconciles. Optimistic concurrency
 //! (the Lease's resourceVersion) decides races; a holder that stops renewing
-//! loses the Lease once it expires.
+//! loses the Lease once it expires. Expiry is judged on this replica's own
+//! clock, from when it last saw the Lease change (as client-go does), never
+//! by comparing the holder's `renewTime` with the local time: clocks of two
+//! nodes differ.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -38,22 +42,46 @@ pub enum Leadership {
 pub struct LeaderElector {
     api: Api<Lease>,
     settings: LeaseSettings,
+    /// The other holder's Lease as last seen, and when it was first seen so.
+    observed: Mutex<Option<Observed>>,
+}
+
+/// A Lease record as seen by this replica, on this replica's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// What identifies one renewal: holder, renew time and duration.
+    record: (String, Option<MicroTime>, Option<i32>),
+    /// When this replica first saw that record.
+    seen_at: Instant,
+}
+
+impl Observed {
+    /// `previous` kept if `spec` is the record it saw, else `spec` seen `now`.
+    pub fn update(previous: Option<&Observed>, spec: &LeaseSpec, now: Instant) -> Observed {
+        let record = (
+            spec.holder_identity.clone().unwrap_or_default(),
+            spec.renew_time.clone(),
+            spec.lease_duration_seconds,
+        );
+        match previous {
+            Some(p) if p.record == record => p.clone(),
+            _ => Observed {
+                record,
+                seen_at: now,
+            },
+        }
+    }
+
+    /// Whether the holder has let the Lease lapse by `now`: no renewal seen
+    /// for the Lease's duration.
+    pub fn expired(&self, now: Instant) -> bool {
+        let duration = Duration::from_secs(self.record.2.unwrap_or(0).max(0).unsigned_abs().into());
+        now.saturating_duration_since(self.seen_at) > duration
+    }
 }
 
 fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
-}
-
-/// Whether a Lease held by someone else has expired at `at`.
-pub fn expired(spec: &LeaseSpec, at: jiff::Timestamp) -> bool {
-    let Some(MicroTime(renewed)) = spec.renew_time.as_ref() else {
-        return true;
-    };
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    match renewed.checked_add(jiff::SignedDuration::from_secs(duration)) {
-        Ok(deadline) => deadline < at,
-        Err(_) => false,
-    }
 }
 
 impl LeaderElector {
@@ -62,6 +90,7 @@ impl LeaderElector {
         Self {
             api: Api::namespaced(client, &settings.namespace),
             settings,
+            observed: Mutex::default(),
         }
     }
 
@@ -111,7 +140,14 @@ impl LeaderElector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().unwrap_or_default();
         let ours = holder == self.settings.identity;
-        if !ours && !holder.is_empty() && !expired(&spec, now()) {
+        let expired = {
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = Observed::update(observed.as_ref(), &spec, Instant::now());
+            let expired = seen.expired(Instant::now());
+            *observed = Some(seen);
+            expired
+        };
+        if !ours && !holder.is_empty() && !expired {
             return Ok(Leadership::Following);
         }
         let (acquired, transitions) = if ours {
@@ -161,20 +197,32 @@ impl LeaderElector {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_lease_expires_after_its_duration_since_renewal() {
-        let renewed = jiff::Timestamp::from_second(1_000).unwrap();
-        let spec = LeaseSpec {
-            holder_identity: Some("a".into()),
+    fn spec(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(renewed)),
+            renew_time: Some(MicroTime(jiff::Timestamp::from_second(renewed).unwrap())),
             ..LeaseSpec::default()
-        };
-        assert!(!expired(
-            &spec,
-            jiff::Timestamp::from_second(1_010).unwrap()
-        ));
-        assert!(expired(&spec, jiff::Timestamp::from_second(1_016).unwrap()));
-        assert!(expired(&LeaseSpec::default(), renewed));
+        }
+    }
+
+    #[test]
+    fn a_lease_expires_a_duration_after_it_was_last_seen_renewed() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        // A renew time far behind this clock (the holder's clock is behind)
+        // is not an expired Lease: only not seeing it change is.
+        let seen = Observed::update(None, &spec("a", 1_000), at(0));
+        assert!(!seen.expired(at(10)));
+        assert!(seen.expired(at(16)));
+        // A renewal seen at 12 restarts the count; the same record does not.
+        let renewed = Observed::update(Some(&seen), &spec("a", 1_003), at(12));
+        assert!(!renewed.expired(at(20)));
+        let unchanged = Observed::update(Some(&renewed), &spec("a", 1_003), at(20));
+        assert_eq!(unchanged.seen_at, at(12));
+        assert!(unchanged.expired(at(28)));
+        // Another holder is another record.
+        let other = Observed::update(Some(&unchanged), &spec("b", 1_003), at(28));
+        assert!(!other.expired(at(30)));
     }
 }

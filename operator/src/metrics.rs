@@ -10,6 +10,12 @@ use prometheus::{
 
 /// Prefix of every operator metric.
 pub const NAMESPACE: &str = "specdec_operator";
+/// Label naming a SpeculativeDeployment's namespace. Not `namespace`: a
+/// scrape through a ServiceMonitor sets that label to the operator's own
+/// namespace, and Prometheus would rename ours to `exported_namespace`.
+pub const LABEL_NAMESPACE: &str = "specdeployment_namespace";
+/// Label naming a SpeculativeDeployment.
+pub const LABEL_NAME: &str = "specdeployment";
 
 type DeploymentKey = (String, String);
 type LanguageKey = (String, String);
@@ -79,7 +85,7 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader Lease and reconciles.",
         ))?;
-        let labels = ["namespace", "name", "language", "drafter"];
+        let labels = [LABEL_NAMESPACE, LABEL_NAME, "language", "drafter"];
         let acceptance_rate = GaugeVec::new(
             opts(
                 "acceptance_rate",
@@ -96,7 +102,7 @@ impl Metrics {
         )?;
         let ready_replicas = GaugeVec::new(
             opts("ready_replicas", "Ready server pods per deployment."),
-            &["namespace", "name"],
+            &[LABEL_NAMESPACE, LABEL_NAME],
         )?;
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -174,6 +180,15 @@ impl Metrics {
         for (language, drafter) in removed {
             self.remove_language(namespace, name, &language, &drafter);
         }
+    }
+
+    /// Forget every deployment's gauges: a replica that stops leading no
+    /// longer knows them, and another replica publishes them now.
+    pub fn forget_all(&self) {
+        for (namespace, name) in self.published_deployments() {
+            self.forget(&namespace, &name);
+        }
+        self.ready_replicas.reset();
     }
 
     /// The text exposition.

@@ -3,8 +3,12 @@ afterwards; two replicas never both reconcile (one Lease holder)."""
 
 from __future__ import annotations
 
+import datetime
 import subprocess
+import threading
+import time
 
+import requests
 import yaml
 
 from conftest import CLUSTER, LEASE_NAMESPACE, SAMPLE, Operator, condition, wait_for
@@ -65,4 +69,78 @@ def test_two_replicas_never_both_reconcile(cluster, operator, namespace, tmp_pat
         second.stop()
         if operator.process.poll() is not None:
             operator.start()
+        wait_for("op-a to lead again", operator.is_leader, timeout=30)
+
+
+def test_lease_expiry_is_judged_on_the_local_clock_and_a_demoted_leader_forgets(
+        cluster, operator, namespace, tmp_path):
+    """Another holder whose clock is an hour behind renews the Lease: its
+    `renewTime` looks long expired here, but it is renewing, so the operator
+    waits. Once the renewals stop, it takes over after the Lease's duration.
+    When it loses the Lease it drops the gauges it published; when it stops
+    it stops reconciling before it releases the Lease."""
+    lease = "specdec-operator"
+    cluster("apply", "-n", namespace, "-f", "-", input=small_sample("skew"))
+    wait_for("Ready", ready(cluster, namespace, "skew", 1), timeout=90)
+    duration = 6
+
+    def write_lease(holder: str, renewed: datetime.datetime, seconds: int):
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": lease, "namespace": namespace},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds,
+                         "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+        cluster("apply", "--server-side", "--force-conflicts", "--field-manager=test-ghost",
+                "-f", "-", input=yaml.safe_dump(body))
+
+    stop_renewing = threading.Event()
+
+    def skewed_holder():
+        while not stop_renewing.is_set():
+            write_lease("ghost", datetime.datetime.now(datetime.timezone.utc)
+                        - datetime.timedelta(hours=1), duration)
+            time.sleep(1)
+
+    write_lease("ghost", datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1),
+                duration)
+    ghost = threading.Thread(target=skewed_holder)
+    ghost.start()
+    operator.stop()
+    candidate = None
+    try:
+        candidate = Operator(cluster, "skew", tmp_path, lease_namespace=namespace)
+        # Three Lease durations of renewals from the skewed holder: never taken.
+        deadline = time.time() + 3 * duration
+        while time.time() < deadline:
+            assert not candidate.is_leader(), "took a Lease its holder kept renewing"
+            time.sleep(0.5)
+        stop_renewing.set()
+        ghost.join()
+        stopped_at = time.time()
+        wait_for("the candidate to lead once renewals stop", candidate.is_leader, timeout=30)
+        assert time.time() - stopped_at >= duration - 1, "took the Lease before its duration"
+
+        def published():
+            return candidate.metric("specdec_operator_ready_replicas",
+                                    f'specdeployment_namespace="{namespace}"') == 1
+        wait_for("the leader's gauges", published, timeout=30)
+        # Demoted: another holder takes the Lease (a fresh renewal).
+        write_lease("ghost", datetime.datetime.now(datetime.timezone.utc), 30)
+        wait_for("the candidate to step down", lambda: not candidate.is_leader(), timeout=30)
+        text = requests.get(f"http://127.0.0.1:{candidate.port}/metrics", timeout=5).text
+        assert f'specdeployment_namespace="{namespace}"' not in text, text
+        # Leading again, then stopping: the controller stops first, then the
+        # Lease is given up.
+        write_lease("", datetime.datetime.now(datetime.timezone.utc), 1)
+        wait_for("the candidate to lead again", candidate.is_leader, timeout=30)
+        candidate.stop()
+        log = candidate.log.read_text()
+        shutdown = log[log.rindex("shutting down"):]
+        assert shutdown.index("controller stopped") < shutdown.index("released the Lease"), shutdown
+        assert cluster.json("get", "lease", lease, "-n", namespace)["spec"].get("holderIdentity") is None
+    finally:
+        stop_renewing.set()
+        ghost.join()
+        if candidate is not None:
+            candidate.stop()
+        operator.start()
         wait_for("op-a to lead again", operator.is_leader, timeout=30)

@@ -84,17 +84,33 @@ def test_missing_claim_is_degraded_with_an_event_then_recovers(cluster, operator
     assert "MissingPersistentVolumeClaim" in events and "Warning" in events
     assert operator.process.poll() is None
 
+    # A claim the volume binder can bind (the test cluster has no
+    # provisioner): until it binds, the pod cannot be scheduled, which is
+    # Degraded too.
+    volume = {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": f"model-cache-{namespace}"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "4Gi"},
+                 "storageClassName": "", "hostPath": {"path": "/var/tmp/model-cache"},
+                 "claimRef": {"namespace": namespace, "name": "model-cache"}},
+    }
     claim = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "model-cache"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Gi"}}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "resources": {"requests": {"storage": "4Gi"}}},
     }
-    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(claim))
+    cluster("apply", "-f", "-", input=yaml.safe_dump(volume))
+    try:
+        cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(claim))
 
-    def recovered():
-        o = cluster.json("get", "specdep", "cached", "-n", namespace)
-        return condition(o, "Degraded").get("status") == "False" and cluster.exists("deployment", "cached", "-n", namespace)
-    wait_for("Degraded=False and a Deployment once the claim exists", recovered, timeout=60)
+        def recovered():
+            o = cluster.json("get", "specdep", "cached", "-n", namespace)
+            return (condition(o, "Degraded").get("status") == "False"
+                    and condition(o, "Ready").get("status") == "True")
+        wait_for("Degraded=False and Ready once the claim exists", recovered, timeout=90)
+    finally:
+        cluster.run("delete", "persistentvolume", volume["metadata"]["name"], "--wait=false", check=False)
     volumes = cluster.json("get", "deployment", "cached", "-n", namespace)["spec"]["template"]["spec"]["volumes"]
     claims = [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
     assert claims == ["model-cache"]

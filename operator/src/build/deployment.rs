@@ -8,9 +8,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    HostPathVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Toleration, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, HostPathVolumeSource, Lifecycle, LifecycleHandler,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecurityContext, SleepAction,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -75,6 +77,58 @@ fn strategy(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {
 
 /// The server container's resources: the spec's, plus `gpus` as a limit (and
 /// request, which Kubernetes requires equal for extended resources).
+/// Name of the container running `specdec serve`.
+const SERVER_CONTAINER: &str = "server";
+/// Seconds a terminating pod keeps serving before SIGTERM.
+const PRE_STOP_DRAIN_SECONDS: i64 = 5;
+
+/// The user (and group) the containers run as: not root, by number, so that
+/// the kubelet can check it without reading the image.
+pub const RUN_AS_USER: i64 = 65532;
+
+/// What Pod Security `restricted` asks of the pod: a numeric non-root user,
+/// the runtime's seccomp profile, and the model cache writable by the group.
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// What Pod Security `restricted` asks of every container.
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        run_as_non_root: Some(true),
+        ..SecurityContext::default()
+    }
+}
+
+/// Resources of an init container fetching one model: it streams the file
+/// to the cache, so little memory, and a CPU share for hashing.
+fn fetch_resources() -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), quantity("250m")),
+            ("memory".to_string(), quantity("64Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), quantity("256Mi"))])),
+        ..ResourceRequirements::default()
+    }
+}
+
 fn resources(spec: &SpeculativeDeploymentSpec) -> Option<ResourceRequirements> {
     let mut resources = spec.resources.clone().unwrap_or_default();
     if spec.gpus > 0 {
@@ -114,7 +168,7 @@ fn volumes(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Vec<
     let mut volumes = vec![Volume {
         name: REGISTRY_VOLUME.into(),
         config_map: Some(ConfigMapVolumeSource {
-            name: configmap_name(owner),
+            name: configmap_name(owner, plan),
             ..ConfigMapVolumeSource::default()
         }),
         ..Volume::default()
@@ -205,6 +259,8 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
             ]),
             env: Some(vec![model_dir_env.clone()]),
             volume_mounts: Some(vec![mount(MODEL_CACHE_VOLUME, MODEL_CACHE_DIR, false)]),
+            resources: Some(fetch_resources()),
+            security_context: Some(container_security_context()),
             ..Container::default()
         })
         .collect();
@@ -218,8 +274,22 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
         value: Some(value),
         ..EnvVar::default()
     };
+    // One llama.cpp thread per CPU of the container's limit (the node's
+    // CPUs when it has none): more threads than CPUs only contend.
+    let threads = EnvVar {
+        name: "SPECDEC_THREADS".into(),
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some(SERVER_CONTAINER.into()),
+                resource: "limits.cpu".into(),
+                divisor: Some(Quantity("1".into())),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
     let server = Container {
-        name: "server".into(),
+        name: SERVER_CONTAINER.into(),
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.clone(),
         command: Some(vec!["specdec".into()]),
@@ -238,7 +308,19 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
             model_dir_env,
             env("SPECDEC_SLOTS", spec.server.slots.to_string()),
             env("SPECDEC_MAX_WAITING", spec.server.max_waiting.to_string()),
+            threads,
         ]),
+        // Endpoints take a few seconds to drop a terminating pod: it keeps
+        // serving meanwhile, then SIGTERM lets in-flight requests finish.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_DRAIN_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ports: Some(vec![ContainerPort {
             name: Some(HTTP_PORT_NAME.into()),
             container_port: HTTP_PORT,
@@ -252,6 +334,7 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
         readiness_probe: Some(probe("/readyz", 5, 2)),
         resources: resources(spec),
         volume_mounts: Some(mounts),
+        security_context: Some(container_security_context()),
         ..Container::default()
     };
     let mut pod_labels = owner.labels();
@@ -282,6 +365,9 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
                     node_selector: spec.node_selector.clone(),
                     tolerations: tolerations(spec),
                     affinity: spec.affinity.clone(),
+                    security_context: Some(pod_security_context()),
+                    // The server never calls the Kubernetes API.
+                    automount_service_account_token: Some(false),
                     // In-flight generations get time to finish on SIGTERM.
                     termination_grace_period_seconds: Some(60),
                     ..PodSpec::default()
@@ -322,6 +408,50 @@ mod tests {
             .join("\n");
         assert!(args.contains(spec.target.model.sha256.as_deref().unwrap()));
         assert!(args.contains("fetch --url https://"));
+    }
+
+    #[test]
+    fn pods_meet_pod_security_restricted_and_drain_before_stopping() {
+        let pod = pod(&sample_spec());
+        let security = pod.security_context.unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.run_as_user, Some(RUN_AS_USER));
+        assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let init = pod.init_containers.unwrap();
+        for c in init.iter().chain(&pod.containers) {
+            let security = c.security_context.clone().unwrap();
+            assert_eq!(
+                security.allow_privilege_escalation,
+                Some(false),
+                "{}",
+                c.name
+            );
+            assert_eq!(
+                security.capabilities.unwrap().drop.unwrap(),
+                ["ALL"],
+                "{}",
+                c.name
+            );
+        }
+        assert!(init.iter().all(|c| c.resources.is_some()));
+        let server = &pod.containers[0];
+        let pre_stop = server.lifecycle.clone().unwrap().pre_stop.unwrap();
+        assert_eq!(pre_stop.sleep.unwrap().seconds, PRE_STOP_DRAIN_SECONDS);
+        let threads = server
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SPECDEC_THREADS")
+            .unwrap();
+        let field = threads
+            .value_from
+            .clone()
+            .unwrap()
+            .resource_field_ref
+            .unwrap();
+        assert_eq!(field.resource, "limits.cpu");
+        assert_eq!(field.container_name.as_deref(), Some(SERVER_CONTAINER));
     }
 
     fn rolling(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {

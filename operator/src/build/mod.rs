@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-pub use configmap::{configmap, REGISTRY_FILE, REGISTRY_MOUNT_DIR};
+pub use configmap::{
+    configmap, configmap_name, configmap_name_for_sha, registries_to_collect, REGISTRY_FILE,
+    REGISTRY_MOUNT_DIR,
+};
 pub use deployment::{deployment, HTTP_PORT, HTTP_PORT_NAME, REGISTRY_SHA256_ANNOTATION};
 pub use monitoring::{pod_disruption_budget, service_monitor, service_monitor_resource};
 pub use service::service;
