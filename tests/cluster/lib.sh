@@ -65,6 +65,10 @@ component_cmd() {
       # for open watches. The requestheader flags only fill in the
       # extension-apiserver-authentication ConfigMap that the controller
       # manager and scheduler read (no certificate has the allowed name).
+      # OwnerReferencesPermissionEnforcement is on, as many production
+      # clusters have it: setting blockOwnerDeletion on an owner reference
+      # then needs `update` on the owner's finalizers, which RBAC tests must
+      # see.
       CMD=("$CLUSTER_BIN/kube-apiserver"
         --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT"
         --bind-address=127.0.0.1
@@ -79,6 +83,7 @@ component_cmd() {
         --requestheader-group-headers=X-Remote-Group
         --requestheader-extra-headers-prefix=X-Remote-Extra-
         --authorization-mode=Node,RBAC
+        --enable-admission-plugins=OwnerReferencesPermissionEnforcement
         --service-account-issuer=https://kubernetes.default.svc.cluster.local
         --service-account-key-file="$PKI/sa.pub"
         --service-account-signing-key-file="$PKI/sa.key"
@@ -169,15 +174,29 @@ component_pid() {
   echo "$pid"
 }
 
+# same_cmd PID: 0 when PID's command line is exactly CMD.
+same_cmd() {
+  local want
+  want="$(printf '%s\0' "${CMD[@]}" | base64 -w0)"
+  [[ "$(base64 -w0 <"/proc/$1/cmdline" 2>/dev/null)" == "$want" ]]
+}
+
 # start_component NAME: starts NAME in a session of its own (it outlives the
-# script), unless it already runs, and waits until it is healthy.
+# script), unless it already runs with the current command line, and waits
+# until it is healthy. One running with another command line (started by an
+# older lib.sh, or from another checkout) is stopped and started afresh, so
+# that a kept state directory never leaves a stale flag set in force.
 start_component() {
   local name="$1" pid
   mkdir -p "$LOGS" "$PIDS"
+  component_cmd "$name"
+  if pid="$(component_pid "$name")" && ! same_cmd "$pid"; then
+    log "$name (pid $pid) runs with another command line; restarting it"
+    stop_component "$name"
+  fi
   if pid="$(component_pid "$name")"; then
     log "$name already running (pid $pid)"
   else
-    component_cmd "$name"
     echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) starting: ${CMD[*]}" >>"$LOGS/$name.log"
     setsid "${CMD[@]}" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
     pid=$!

@@ -4,29 +4,9 @@ Service's port, removed when the spec turns monitoring off."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
-import pytest
 import yaml
 
 from conftest import SAMPLE, wait_for
-
-PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
-CRD = "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
-
-
-@pytest.fixture
-def service_monitor_crd(cluster):
-    out = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    path = Path(json.loads(out.stdout)["Dir"]) / CRD
-    cluster("apply", "--server-side", "-f", str(path))
-    cluster("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=60s")
-    yield
-    cluster.run("delete", "-f", str(path), "--wait=false", check=False)
 
 
 def test_service_monitor_follows_the_spec(cluster, operator, namespace, service_monitor_crd):

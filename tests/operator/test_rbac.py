@@ -1,48 +1,38 @@
-"""The chart's RBAC is enough: the operator, run with its ServiceAccount's
-token instead of the admin's certificate, reconciles the sample to Ready."""
+"""The chart's RBAC where it is narrowest: with `watchNamespace`, the
+operator run with its ServiceAccount's token (not the admin's certificate)
+and the chart's Role in that one namespace reconciles the sample to Ready
+there, and may touch nothing elsewhere. (test_helm.py installs the chart
+with its ClusterRole and does the same.)"""
 
 from __future__ import annotations
 
-import base64
-import json
-from pathlib import Path
+import functools
+import subprocess
 
-import yaml
-
-from conftest import REPO, SAMPLE, Kubectl, Operator, condition, wait_for
-
-RBAC = REPO / "charts" / "specdec-operator" / "templates" / "rbac.yaml"
+from conftest import (CHART, SAMPLE, Operator, cluster_bin, condition, instead_of,
+                      service_account_kubectl, wait_for)
 
 
-def render(template: str, release: str, namespace: str) -> str:
-    """The RBAC template uses only the release's name and namespace."""
-    out = template.replace("{{ .Release.Name }}", release).replace("{{ .Release.Namespace }}", namespace)
-    assert "{{" not in out, "rbac.yaml gained templating this test does not render"
-    return out
-
-
-def test_operator_reconciles_with_the_charts_rbac_only(cluster, operator, namespace, tmp_path):
+def test_operator_reconciles_with_the_charts_namespaced_rbac_only(cluster, operator, namespace, tmp_path):
     release = f"specdec-{namespace}"
-    cluster("apply", "-f", "-", input=render(RBAC.read_text(), release, namespace))
-    token = cluster("create", "token", release, "-n", namespace, "--duration", "1h").strip()
-    admin = json.loads(cluster("config", "view", "--raw", "--minify", "-o", "json"))
-    server = admin["clusters"][0]["cluster"]
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": server}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
-        "current-context": "sa",
-    }))
-    as_operator = Kubectl(cluster.binary, kubeconfig)
+    rbac = subprocess.run(
+        [str(cluster_bin() / "helm"), "template", release, str(CHART), "-n", namespace,
+         "--set", f"watchNamespace={namespace}", "--show-only", "templates/rbac.yaml"],
+        capture_output=True, text=True, check=True).stdout
+    cluster("apply", "-f", "-", input=rbac)
+    as_operator = service_account_kubectl(cluster, namespace, release, tmp_path)
     assert as_operator.run("get", "secrets", "-n", namespace, check=False).returncode != 0, \
         "the ServiceAccount can read Secrets: RBAC is broader than the chart says"
-    # Only one operator may reconcile: the admin-run one steps aside.
-    operator.stop()
-    restricted = Operator(as_operator, "rbac", tmp_path, lease_namespace=namespace)
-    try:
-        wait_for("the restricted operator to lead", restricted.is_leader, timeout=30)
+    assert as_operator.run("get", "deployments", "-n", "default", check=False).returncode != 0, \
+        "the ServiceAccount can read another namespace's Deployments under watchNamespace"
+    # What OwnerReferencesPermissionEnforcement asks of an owner reference
+    # that blocks its owner's deletion.
+    assert as_operator("auth", "can-i", "update", "speculativedeployments.specdec.io",
+                       "--subresource=finalizers", "-n", namespace).strip() == "yes"
+
+    start = functools.partial(Operator, as_operator, "rbac", tmp_path, lease_namespace=namespace,
+                              watch_namespace=namespace)
+    with instead_of(operator, start) as restricted:
         cluster("apply", "-n", namespace, "-f", str(SAMPLE))
 
         def ready():
@@ -52,7 +42,3 @@ def test_operator_reconciles_with_the_charts_rbac_only(cluster, operator, namesp
         assert restricted.metric("specdec_operator_reconcile_errors_total") == 0, restricted.log.read_text()[-3000:]
         events = cluster("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=qwen-coder")
         assert "RegistryApplied" in events
-    finally:
-        restricted.stop()
-        operator.start()
-        wait_for("op-a to lead again", operator.is_leader, timeout=30)
