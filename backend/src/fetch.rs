@@ -6,8 +6,15 @@
 //! crash or a bad download never leaves a file that looks complete. A file
 //! already present with the right checksum is kept (idempotent, and cheap on a
 //! persistent model cache).
+//!
+//! Pods starting together may share the cache (a ReadWriteMany claim): each
+//! downloads into a temporary file of its own, and a lock file serialises the
+//! check-and-download of one file, so the second finds the first's file
+//! verified instead of downloading it again. A verified file's checksum is
+//! recorded beside it with its size and modification time, so the next start
+//! skips hashing gigabytes while the file is unchanged.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,8 +120,33 @@ pub fn fetch(url: &str, sha256: &str, dir: &Path) -> Result<(PathBuf, FetchOutco
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let destination = dir.join(&name);
+    let record = dir.join(format!(".{name}.sha256"));
+    // Held until this function returns: another fetch of the same file waits.
+    let lock_path = dir.join(format!(".{name}.lock"));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    // Under the lock nobody writes this file's temporaries: what is left is
+    // from a fetch that was killed.
+    let stale_prefix = format!(".{name}.");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            if file_name.starts_with(&stale_prefix) && file_name.ends_with(".partial") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     if destination.is_file() {
-        if sha256_of_file(&destination)? == expected {
+        if recorded_checksum(&record, &destination).as_deref() == Some(expected.as_str())
+            || sha256_of_file(&destination)? == expected
+        {
+            write_record(&record, &destination, &expected);
             return Ok((destination, FetchOutcome::AlreadyPresent));
         }
         tracing::warn!(
@@ -122,7 +154,8 @@ pub fn fetch(url: &str, sha256: &str, dir: &Path) -> Result<(PathBuf, FetchOutco
             "present file has another checksum; downloading again"
         );
     }
-    let partial = dir.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_file(&record);
+    let partial = dir.join(format!(".{name}.{}.partial", std::process::id()));
     let mut last_error = None;
     for attempt in 1..=ATTEMPTS {
         match download(url, &partial) {
@@ -136,6 +169,7 @@ pub fn fetch(url: &str, sha256: &str, dir: &Path) -> Result<(PathBuf, FetchOutco
                     });
                 }
                 std::fs::rename(&partial, &destination).map_err(io(&destination))?;
+                write_record(&record, &destination, &actual);
                 return Ok((destination, FetchOutcome::Downloaded { bytes }));
             }
             Err(e @ FetchError::Transport { .. }) if attempt < ATTEMPTS => {
@@ -154,6 +188,38 @@ pub fn fetch(url: &str, sha256: &str, dir: &Path) -> Result<(PathBuf, FetchOutco
         url: url.to_string(),
         message: "no attempt made".into(),
     }))
+}
+
+/// What identifies a file's content cheaply: its size and modification time.
+fn stamp(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(format!("{} {}", meta.len(), modified.as_nanos()))
+}
+
+/// The checksum recorded for `file`, if the record is for the file as it is
+/// now (same size and modification time).
+fn recorded_checksum(record: &Path, file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(record).ok()?;
+    let (sha256, recorded_stamp) = text.trim_end().split_once(' ')?;
+    (Some(recorded_stamp) == stamp(file).as_deref()).then(|| sha256.to_string())
+}
+
+/// Record `sha256` as verified for `file` as it is now. A record that cannot
+/// be written only costs a hash on the next start.
+fn write_record(record: &Path, file: &Path, sha256: &str) {
+    let Some(stamp) = stamp(file) else { return };
+    let partial = record.with_extension(format!("{}.partial", std::process::id()));
+    let written = std::fs::write(&partial, format!("{sha256} {stamp}\n"))
+        .and_then(|()| std::fs::rename(&partial, record));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        tracing::warn!(path = %record.display(), error = %e, "cannot record the checksum");
+    }
 }
 
 /// Stream `url` into `path`, hashing on the way. Returns size and SHA-256.
@@ -242,6 +308,22 @@ mod tests {
         assert!(file_name_of("https://host").is_err());
         assert!(file_name_of("ftp://host/a.gguf").is_err());
         assert!(file_name_of("https://host/dir/..").is_err());
+    }
+
+    #[test]
+    fn a_record_holds_only_while_the_file_is_unchanged() {
+        let dir = std::env::temp_dir().join(format!("specdec-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("m.gguf");
+        let record = dir.join(".m.gguf.sha256");
+        std::fs::write(&file, b"model").unwrap();
+        let sha = sha256_of_file(&file).unwrap();
+        write_record(&record, &file, &sha);
+        assert_eq!(recorded_checksum(&record, &file), Some(sha));
+        // Rewritten in place (another size): the record no longer holds.
+        std::fs::write(&file, b"changed model").unwrap();
+        assert_eq!(recorded_checksum(&record, &file), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -27,7 +27,7 @@ enum Command {
     /// Print the SpeculativeDeployment CustomResourceDefinition as YAML.
     Crd,
     /// Run the operator (leader-elected; reconciles while it holds the Lease).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +60,12 @@ struct RunArgs {
     /// Seconds between status refreshes of a healthy deployment.
     #[arg(long, env = "SPECDEC_STATUS_INTERVAL", default_value_t = 30)]
     status_interval: u64,
+    /// Image of the server when a spec names none.
+    #[arg(long, env = "SPECDEC_DEFAULT_IMAGE", default_value = concat!("ghcr.io/specdec/specdec:", env!("CARGO_PKG_VERSION")))]
+    default_image: String,
+    /// Image of the server when a spec names none and asks for GPUs.
+    #[arg(long, env = "SPECDEC_DEFAULT_CUDA_IMAGE", default_value = concat!("ghcr.io/specdec/specdec:", env!("CARGO_PKG_VERSION"), "-cuda"))]
+    default_cuda_image: String,
     /// Seconds to wait for one pod's `/metrics`.
     #[arg(long, env = "SPECDEC_SCRAPE_TIMEOUT", default_value_t = 2)]
     scrape_timeout: u64,
@@ -73,7 +79,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => print_crd(),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,6 +154,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         status_interval: Duration::from_secs(args.status_interval),
         scrape_timeout: Duration::from_secs(args.scrape_timeout),
+        default_image: args.default_image,
+        default_cuda_image: args.default_cuda_image,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

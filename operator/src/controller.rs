@@ -37,6 +37,21 @@ pub struct Settings {
     pub status_interval: Duration,
     /// Timeout of one pod's `/metrics` scrape.
     pub scrape_timeout: Duration,
+    /// Image of a spec that names none.
+    pub default_image: String,
+    /// Image of a spec that names none and asks for GPUs.
+    pub default_cuda_image: String,
+}
+
+impl Settings {
+    /// The image `spec`'s pods run: its own, else the default for its kind.
+    pub fn image_for(&self, spec: &SpeculativeDeploymentSpec) -> String {
+        match (&spec.image, spec.gpus > 0) {
+            (Some(image), _) => image.clone(),
+            (None, true) => self.default_cuda_image.clone(),
+            (None, false) => self.default_image.clone(),
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -141,14 +156,27 @@ async fn dereference(
     plan: &Plan,
 ) -> Result<Result<(), Outcome>, Error> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    for claim in plan.required_claims(spec) {
-        if claims.get_opt(claim).await?.is_none() {
+    let cache = spec
+        .model_cache
+        .as_ref()
+        .and_then(|c| c.persistent_volume_claim.as_ref())
+        .map(|p| p.claim_name.as_str());
+    for name in plan.required_claims(spec) {
+        let Some(claim) = claims.get_opt(name).await? else {
             return Ok(Err(Outcome::Blocked {
                 reason: "MissingPersistentVolumeClaim".into(),
                 message: format!(
-                    "PersistentVolumeClaim `{claim}` does not exist in namespace `{namespace}`; create it or change the model source or model cache"
+                    "PersistentVolumeClaim `{name}` does not exist in namespace `{namespace}`; create it or change the model source or model cache"
                 ),
             }));
+        };
+        if Some(name) == cache {
+            if let Err(message) = plan::shared_cache_check(spec.replicas, &claim) {
+                return Ok(Err(Outcome::Blocked {
+                    reason: "ModelCacheNotShared".into(),
+                    message,
+                }));
+            }
         }
     }
     Ok(Ok(()))
@@ -201,6 +229,7 @@ async fn apply(
     owner: &Owner,
     spec: &SpeculativeDeploymentSpec,
     plan: &Plan,
+    deployment: &Deployment,
 ) -> Result<Deployment, Error> {
     let ns = owner.namespace.as_str();
     let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -221,7 +250,7 @@ async fn apply(
     let deployment = apply_child(
         &Api::<Deployment>::namespaced(client.clone(), ns),
         &owner.name,
-        &build::deployment(owner, spec, plan),
+        deployment,
     )
     .await?;
     let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
@@ -395,10 +424,15 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
     };
     let spec = &sd.spec;
     // Dereference and validate; build and apply only what is valid.
-    let planned = match plan::plan(spec) {
-        Ok(plan) => dereference(&ctx.client, &namespace, spec, &plan)
+    let image = ctx.settings.image_for(spec);
+    let built = plan::plan(spec).and_then(|plan| {
+        let deployment = build::deployment(&owner, spec, &plan, &image)?;
+        Ok((plan, deployment))
+    });
+    let planned = match built {
+        Ok((plan, deployment)) => dereference(&ctx.client, &namespace, spec, &plan)
             .await?
-            .map(|()| plan),
+            .map(|()| (plan, deployment)),
         Err(invalid) => Err(Outcome::Blocked {
             reason: "InvalidSpec".into(),
             message: invalid.0,
@@ -406,14 +440,16 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
     };
     let previous_sha = sd.status.as_ref().and_then(|s| s.registry_sha256.clone());
     let applied = match planned {
-        Ok(plan) => match apply(&ctx.client, &owner, spec, &plan).await {
-            Ok(deployment) => Ok((plan, deployment)),
-            Err(Error::Rejected { object, message }) => Err(Outcome::Blocked {
-                reason: "ApplyRejected".into(),
-                message: format!("the API server refused {object}: {message}"),
-            }),
-            Err(e) => return Err(e),
-        },
+        Ok((plan, deployment)) => {
+            match apply(&ctx.client, &owner, spec, &plan, &deployment).await {
+                Ok(deployment) => Ok((plan, deployment)),
+                Err(Error::Rejected { object, message }) => Err(Outcome::Blocked {
+                    reason: "ApplyRejected".into(),
+                    message: format!("the API server refused {object}: {message}"),
+                }),
+                Err(e) => return Err(e),
+            }
+        }
         Err(blocked) => Err(blocked),
     };
     let (outcome, deployment, registry_sha256) = match applied {

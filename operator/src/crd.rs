@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DeploymentStrategy;
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -61,6 +63,7 @@ pub const GROUP: &str = "specdec.io";
     validation = Rule::new("self.drafters.all(d, self.drafters.exists_one(e, e.name == d.name))").message("drafter names must be unique"),
     validation = Rule::new("self.drafters.all(a, self.drafters.all(b, a.name == b.name || !a.languages.exists(l, l in b.languages)))").message("a language may be claimed by only one drafter"),
     validation = Rule::new("!has(self.defaultDrafter) || self.drafters.exists(d, d.name == self.defaultDrafter)").message("defaultDrafter must name one of the drafters"),
+    validation = Rule::new("!has(self.resources) || ((!has(self.resources.limits) || !('nvidia.com/gpu' in self.resources.limits)) && (!has(self.resources.requests) || !('nvidia.com/gpu' in self.resources.requests)))").message("request GPUs with gpus, not resources: gpus also offloads the layers to them and tolerates the GPU taint"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpeculativeDeploymentSpec {
@@ -69,7 +72,10 @@ pub struct SpeculativeDeploymentSpec {
     /// Drafters and the languages (ISO 639-1 codes, or `*`) they serve. The
     /// item limits bound the cost of the CEL rules, which the API server checks.
     #[serde(default)]
-    #[schemars(length(max = 16))]
+    #[schemars(
+        length(max = 16),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub drafters: Vec<DrafterSpec>,
     /// Drafter for requests whose language no drafter claims. Without it such
     /// requests are decoded without speculation.
@@ -80,13 +86,39 @@ pub struct SpeculativeDeploymentSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
-    /// Container image of the specdec backend (a CUDA build when GPUs are requested).
-    #[serde(default = "default_image")]
-    #[schemars(length(min = 1, max = 512))]
-    pub image: String,
-    /// Image pull policy (`Always`, `IfNotPresent`, `Never`).
+    /// Container image of the specdec backend (a CUDA build when GPUs are
+    /// requested). Unset: the operator's default for its own version, chosen
+    /// at each reconcile (and so upgraded with the operator), never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_pull_policy: Option<String>,
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// When the kubelet pulls the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Secrets holding credentials for the image's registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Extra environment of the server container (say `SPECDEC_*` settings
+    /// or a proxy); it overrides what the operator sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub env: Option<Vec<EnvVar>>,
+    /// Environment of the server container from ConfigMaps and Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub env_from: Option<Vec<EnvFromSource>>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// A pod template merged over the one the operator builds, as a
+    /// strategic merge patch: maps merge, lists of named items (containers,
+    /// volumes, env, mounts, ports) merge by name, other lists replace. The
+    /// escape hatch for what the spec has no field for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub pod_overrides: Option<serde_json::Value>,
     /// NVIDIA GPUs per pod (`nvidia.com/gpu`). With GPUs, every layer is
     /// offloaded and pods tolerate the `nvidia.com/gpu` taint.
     #[serde(default)]
@@ -128,11 +160,34 @@ fn default_replicas() -> i32 {
     1
 }
 
-/// Image used when the spec names none.
-pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/specdec/specdec:", env!("CARGO_PKG_VERSION"));
+/// When the kubelet pulls an image.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// On every container start.
+    Always,
+    /// When the node does not have it.
+    IfNotPresent,
+    /// Never: the node must have it.
+    Never,
+}
 
-fn default_image() -> String {
-    DEFAULT_IMAGE.to_string()
+impl PullPolicy {
+    /// The name Kubernetes uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// An object of any fields, kept as given (pruning would drop them).
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// Where a model file comes from.
@@ -295,22 +350,42 @@ pub struct PvcCache {
     pub claim_name: String,
 }
 
+/// How the Service is exposed.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default,
+)]
+pub enum ServiceType {
+    /// Inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Also through the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
 /// The Service in front of the pods.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = Rule::new("self.type in ['ClusterIP', 'NodePort', 'LoadBalancer']").message("service.type must be ClusterIP, NodePort or LoadBalancer"))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// `ClusterIP`, `NodePort` or `LoadBalancer`.
-    #[serde(default = "default_service_type", rename = "type")]
-    pub type_: String,
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
     /// Port of the OpenAI-compatible API.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-}
-
-fn default_service_type() -> String {
-    "ClusterIP".into()
 }
 
 fn default_port() -> i32 {
@@ -320,7 +395,7 @@ fn default_port() -> i32 {
 impl Default for ServiceSpec {
     fn default() -> Self {
         Self {
-            type_: default_service_type(),
+            type_: ServiceType::default(),
             port: default_port(),
         }
     }
@@ -337,6 +412,10 @@ pub struct MonitoringSpec {
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub interval: String,
+    /// Labels of the ServiceMonitor, for the Prometheus that selects it
+    /// (kube-prometheus-stack selects `release: <its release>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_true() -> bool {
@@ -352,6 +431,7 @@ impl Default for MonitoringSpec {
         Self {
             service_monitor: true,
             interval: default_interval(),
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -418,8 +498,9 @@ pub struct SpeculativeDeploymentStatus {
     /// Acceptance per language, summed over the ready pods' counters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acceptance: Vec<LanguageAcceptance>,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// `Ready`, `Available`, `Progressing` and `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -84,6 +84,27 @@ impl Plan {
     }
 }
 
+/// Whether the model cache `claim` can be written by `replicas` pods at
+/// once: more than one needs ReadWriteMany (pods land on several nodes).
+pub fn shared_cache_check(
+    replicas: i32,
+    claim: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+) -> Result<(), String> {
+    let modes = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.clone())
+        .unwrap_or_default();
+    if replicas <= 1 || modes.iter().any(|m| m == "ReadWriteMany") {
+        return Ok(());
+    }
+    let name = claim.metadata.name.as_deref().unwrap_or_default();
+    Err(format!(
+        "model cache PersistentVolumeClaim `{name}` has access modes [{}], but {replicas} replicas write to it from several nodes: use a ReadWriteMany claim, one replica, or an emptyDir cache",
+        modes.join(", ")
+    ))
+}
+
 #[derive(Default)]
 struct Sources {
     downloads: BTreeMap<String, Download>,
@@ -229,6 +250,29 @@ pub(crate) mod tests {
         let object: crate::crd::SpeculativeDeployment =
             serde_yaml::from_str(text).expect("the sample parses");
         object.spec
+    }
+
+    #[test]
+    fn a_cache_shared_by_replicas_must_be_read_write_many() {
+        use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec};
+        let claim = |mode: &str| PersistentVolumeClaim {
+            metadata: kube::api::ObjectMeta {
+                name: Some("cache".into()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec![mode.into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(shared_cache_check(1, &claim("ReadWriteOnce")).is_ok());
+        assert!(shared_cache_check(3, &claim("ReadWriteMany")).is_ok());
+        let err = shared_cache_check(2, &claim("ReadWriteOnce")).unwrap_err();
+        assert!(
+            err.contains("[ReadWriteOnce]") && err.contains("ReadWriteMany"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -69,7 +69,10 @@ def test_checksum_mismatch_keeps_nothing(http_server, tmp_path):
     result = fetch(f"{url}/models/tiny.gguf", "0" * 64, dest)
     assert result.returncode != 0
     assert "checksum mismatch" in result.stderr
-    assert list(dest.iterdir()) == []
+    # Only the (empty) lock file stays: removing it could let two fetches
+    # hold "the" lock at once.
+    assert [p.name for p in dest.iterdir()] == [".tiny.gguf.lock"]
+    assert (dest / ".tiny.gguf.lock").stat().st_size == 0
 
 
 def test_refuses_bad_arguments_and_missing_files(http_server, tmp_path):
@@ -83,3 +86,30 @@ def test_refuses_bad_arguments_and_missing_files(http_server, tmp_path):
     assert not (dest / "absent.gguf").exists()
     scheme = fetch("ftp://127.0.0.1/x.gguf", sha, dest)
     assert scheme.returncode != 0 and "http:// and https://" in scheme.stderr
+
+
+def test_concurrent_fetches_of_one_file_download_it_once(http_server, tmp_path):
+    """Pods starting together on a shared cache: each fetch writes a
+    temporary file of its own under a lock, so one downloads and the others
+    find its verified file; the next start trusts the recorded checksum."""
+    url, payload = http_server
+    sha = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "shared"
+    command = [str(specdec_binary()), "fetch", "--url", f"{url}/models/tiny.gguf",
+               "--sha256", sha, "--dir", str(dest)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    downloaded = sum("downloaded" in out for out, _ in outputs)
+    present = sum("already present" in out for out, _ in outputs)
+    assert (downloaded, present) == (1, 3), outputs
+    assert (dest / "tiny.gguf").read_bytes() == payload
+    assert not list(dest.glob("*.partial")), list(dest.iterdir())
+    record = (dest / ".tiny.gguf.sha256").read_text().split()
+    assert record[0] == sha
+    # A file changed behind the record's back is hashed again, and replaced.
+    (dest / "tiny.gguf").write_bytes(payload[:-1] + b"x")
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "downloaded" in again.stdout, again.stdout + again.stderr
+    assert (dest / "tiny.gguf").read_bytes() == payload

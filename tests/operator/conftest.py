@@ -177,13 +177,7 @@ class Operator:
         return self.metric("specdec_operator_leader") == 1.0
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 @pytest.fixture(scope="session")
@@ -238,6 +232,25 @@ def namespace(cluster: Kubectl):
     cluster("label", "namespace", name, f"{TEST_NAMESPACE_LABEL}=true")
     yield name
     cluster.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def wait_degraded(cluster: Kubectl, ns: str, name: str, timeout: float = 30) -> dict:
+    """Wait until SpeculativeDeployment `name` is Degraded; its condition."""
+    def degraded():
+        c = condition(cluster.json("get", "specdep", name, "-n", ns), "Degraded")
+        return c.get("status") == "True" and c
+    return wait_for(f"{name} Degraded=True", degraded, timeout=timeout)
+
+
+def terminate(process: subprocess.Popen):
+    """Stop `process`: SIGTERM, then SIGKILL after 30 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def condition(obj: dict, type_: str) -> dict:

@@ -21,7 +21,7 @@ import yaml
 from openai import BadRequestError, OpenAI, RateLimitError
 
 from conftest import (CHART, LEASE_NAMESPACE, SAMPLE, SAMPLE_NAME, backend_on_pod_ip, cluster_bin,
-                      condition, free_port, wait_for)
+                      condition, free_port, terminate, wait_for)
 
 DASHBOARD = CHART / "dashboards" / "specdec.json"
 SCRAPE_INTERVAL_S = 1
@@ -249,12 +249,7 @@ class Prometheus:
         return any(t["labels"]["job"] == job and t["health"] == "up" for t in targets)
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
 
 
 # --- the test -------------------------------------------------------------

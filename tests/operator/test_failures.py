@@ -9,7 +9,7 @@ import json
 
 import yaml
 
-from conftest import SAMPLE, condition, wait_for
+from conftest import SAMPLE, condition, wait_degraded, wait_for
 
 NAME = "failing"
 
@@ -36,10 +36,7 @@ def test_a_child_the_api_server_refuses_is_degraded_with_an_event(cluster, opera
     obj["spec"]["resources"] = {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}
     cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
 
-    def degraded():
-        c = condition(specdep(cluster, namespace), "Degraded")
-        return c.get("status") == "True" and c
-    c = wait_for("Degraded=True", degraded, timeout=30)
+    c = wait_degraded(cluster, namespace, NAME)
     assert c["reason"] == "ApplyRejected", c
     assert "Deployment/failing" in c["message"] and "must be less than or equal to cpu limit" in c["message"], c
     assert condition(specdep(cluster, namespace), "Ready")["status"] == "False"
@@ -83,12 +80,8 @@ def test_a_crash_looping_pod_is_degraded_with_an_event_and_recovers(cluster, ope
     set_status(False, {"waiting": {"reason": "CrashLoopBackOff",
                                    "message": "back-off 40s restarting failed container"}})
 
-    def degraded():
-        o = specdep(cluster, namespace)
-        c = condition(o, "Degraded")
-        return c.get("status") == "True" and o
-    o = wait_for("Degraded=True", degraded, timeout=30)
-    c = condition(o, "Degraded")
+    c = wait_degraded(cluster, namespace, NAME)
+    o = specdep(cluster, namespace)
     assert c["reason"] == "CrashLoopBackOff", c
     assert pod in c["message"] and "back-off 40s" in c["message"], c
     # One pod of two still serves: Available, but not Ready.
@@ -120,9 +113,6 @@ def test_pods_are_admitted_by_pod_security_restricted_and_host_paths_are_degrade
     obj["spec"]["target"]["model"] = {"uri": "file:///var/lib/models/qwen.gguf"}
     cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
 
-    def degraded():
-        c = condition(specdep(cluster, namespace), "Degraded")
-        return c.get("status") == "True" and c
-    c = wait_for("Degraded=True for a hostPath pod", degraded, timeout=60)
+    c = wait_degraded(cluster, namespace, NAME, timeout=60)
     assert c["reason"] == "FailedCreate", c
     assert "violates PodSecurity" in c["message"] and "hostPath" in c["message"], c

@@ -9,7 +9,7 @@ import copy
 import pytest
 import yaml
 
-from conftest import SAMPLE, condition, wait_for
+from conftest import SAMPLE, condition, wait_degraded, wait_for
 
 
 def sample() -> dict:
@@ -40,6 +40,19 @@ def with_negative_replicas(obj):
     obj["spec"]["replicas"] = -1
 
 
+def with_gpu_in_resources(obj):
+    obj["spec"]["gpus"] = 0
+    obj["spec"]["resources"]["limits"]["nvidia.com/gpu"] = "1"
+
+
+def with_bad_service_type(obj):
+    obj["spec"]["service"]["type"] = "ExternalName"
+
+
+def with_bad_pull_policy(obj):
+    obj["spec"]["imagePullPolicy"] = "Sometimes"
+
+
 CASES = [
     (with_duplicate_name, "drafter names must be unique"),
     (with_language_twice, "a language may be claimed by only one drafter"),
@@ -47,6 +60,9 @@ CASES = [
     (with_bad_scheme, "model uri must start with https://, pvc:// or file:///"),
     (with_https_without_sha, "an https:// model source needs sha256"),
     (with_negative_replicas, "should be greater than or equal to 0"),
+    (with_gpu_in_resources, "request GPUs with gpus, not resources"),
+    (with_bad_service_type, 'Unsupported value: "ExternalName"'),
+    (with_bad_pull_policy, 'Unsupported value: "Sometimes"'),
 ]
 
 
@@ -72,11 +88,7 @@ def test_missing_claim_is_degraded_with_an_event_then_recovers(cluster, operator
     obj["spec"]["modelCache"] = {"persistentVolumeClaim": {"claimName": "model-cache"}}
     cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
 
-    def degraded():
-        o = cluster.json("get", "specdep", "cached", "-n", namespace)
-        c = condition(o, "Degraded")
-        return c.get("status") == "True" and c
-    c = wait_for("Degraded=True", degraded, timeout=30)
+    c = wait_degraded(cluster, namespace, "cached")
     assert c["reason"] == "MissingPersistentVolumeClaim"
     assert "model-cache" in c["message"]
     assert not cluster.exists("deployment", "cached", "-n", namespace)
@@ -114,3 +126,27 @@ def test_missing_claim_is_degraded_with_an_event_then_recovers(cluster, operator
     volumes = cluster.json("get", "deployment", "cached", "-n", namespace)["spec"]["template"]["spec"]["volumes"]
     claims = [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
     assert claims == ["model-cache"]
+
+
+def test_a_read_write_once_cache_for_several_replicas_is_degraded(cluster, operator, namespace):
+    claim = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "model-cache"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Gi"}}},
+    }
+    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(claim))
+    obj = sample()
+    obj["metadata"]["name"] = "shared"
+    obj["spec"]["replicas"] = 2
+    obj["spec"]["modelCache"] = {"persistentVolumeClaim": {"claimName": "model-cache"}}
+    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+    c = wait_degraded(cluster, namespace, "shared")
+    assert c["reason"] == "ModelCacheNotShared", c
+    assert "ReadWriteMany" in c["message"] and "[ReadWriteOnce]" in c["message"], c
+    assert not cluster.exists("deployment", "shared", "-n", namespace)
+    # One replica may use it.
+    cluster("patch", "specdep", "shared", "-n", namespace, "--type", "merge", "-p", '{"spec": {"replicas": 1}}')
+    wait_for("Degraded to clear with one replica",
+             lambda: condition(cluster.json("get", "specdep", "shared", "-n", namespace), "Degraded")
+             .get("reason") != "ModelCacheNotShared", timeout=30)

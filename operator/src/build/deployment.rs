@@ -22,6 +22,7 @@ use super::configmap::{configmap_name, REGISTRY_FILE, REGISTRY_MOUNT_DIR};
 use super::Owner;
 use crate::crd::SpeculativeDeploymentSpec;
 use crate::model_source::{MODEL_CACHE_DIR, PVC_SOURCES_DIR};
+use crate::plan::InvalidSpec;
 use crate::plan::Plan;
 
 /// Pod annotation carrying the registry's SHA-256: a registry change
@@ -77,6 +78,8 @@ fn strategy(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {
 
 /// The server container's resources: the spec's, plus `gpus` as a limit (and
 /// request, which Kubernetes requires equal for extended resources).
+/// The node-disk resource an emptyDir model cache uses.
+const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 /// Name of the container running `specdec serve`.
 const SERVER_CONTAINER: &str = "server";
 /// Seconds a terminating pod keeps serving before SIGTERM.
@@ -131,6 +134,20 @@ fn fetch_resources() -> ResourceRequirements {
 
 fn resources(spec: &SpeculativeDeploymentSpec) -> Option<ResourceRequirements> {
     let mut resources = spec.resources.clone().unwrap_or_default();
+    // Models downloaded into an emptyDir fill the node's disk: the scheduler
+    // must know how much, or it places the pod where it gets evicted.
+    let cache_limit = spec
+        .model_cache
+        .as_ref()
+        .and_then(|c| c.empty_dir.as_ref())
+        .and_then(|e| e.size_limit.clone());
+    if let Some(limit) = cache_limit {
+        resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .entry(EPHEMERAL_STORAGE.into())
+            .or_insert(limit);
+    }
     if spec.gpus > 0 {
         let gpus = Quantity(spec.gpus.to_string());
         resources
@@ -234,8 +251,15 @@ fn source_mounts(plan: &Plan) -> Vec<VolumeMount> {
     pvc.chain(node).collect()
 }
 
-/// The Deployment of `owner`.
-pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Deployment {
+/// The Deployment of `owner`, its pods running `image`; refused when the
+/// spec's `podOverrides` do not make a pod template.
+pub fn deployment(
+    owner: &Owner,
+    spec: &SpeculativeDeploymentSpec,
+    plan: &Plan,
+    image: &str,
+) -> Result<Deployment, InvalidSpec> {
+    let pull_policy = spec.image_pull_policy.map(|p| p.as_str().to_string());
     let model_dir_env = EnvVar {
         name: specdec_backend::models::MODEL_DIR_ENV.into(),
         value: Some(MODEL_CACHE_DIR.into()),
@@ -247,8 +271,8 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
         .enumerate()
         .map(|(i, download)| Container {
             name: format!("fetch-{i}"),
-            image: Some(spec.image.clone()),
-            image_pull_policy: spec.image_pull_policy.clone(),
+            image: Some(image.to_string()),
+            image_pull_policy: pull_policy.clone(),
             command: Some(vec!["specdec".into()]),
             args: Some(vec![
                 "fetch".into(),
@@ -290,8 +314,8 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
     };
     let server = Container {
         name: SERVER_CONTAINER.into(),
-        image: Some(spec.image.clone()),
-        image_pull_policy: spec.image_pull_policy.clone(),
+        image: Some(image.to_string()),
+        image_pull_policy: pull_policy,
         command: Some(vec!["specdec".into()]),
         args: Some(vec![
             "serve".into(),
@@ -304,12 +328,16 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
             "--model-name".into(),
             owner.name.clone(),
         ]),
-        env: Some(vec![
-            model_dir_env,
-            env("SPECDEC_SLOTS", spec.server.slots.to_string()),
-            env("SPECDEC_MAX_WAITING", spec.server.max_waiting.to_string()),
-            threads,
-        ]),
+        env: Some(server_env(
+            vec![
+                model_dir_env,
+                env("SPECDEC_SLOTS", spec.server.slots.to_string()),
+                env("SPECDEC_MAX_WAITING", spec.server.max_waiting.to_string()),
+                threads,
+            ],
+            spec.env.as_deref().unwrap_or_default(),
+        )),
+        env_from: spec.env_from.clone(),
         // Endpoints take a few seconds to drop a terminating pod: it keeps
         // serving meanwhile, then SIGTERM lets in-flight requests finish.
         lifecycle: Some(Lifecycle {
@@ -343,7 +371,33 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
         REGISTRY_SHA256_ANNOTATION.to_string(),
         plan.registry_sha256.clone(),
     )]);
-    Deployment {
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
+            containers: vec![server],
+            volumes: Some(volumes(owner, spec, plan)),
+            node_selector: spec.node_selector.clone(),
+            tolerations: tolerations(spec),
+            affinity: spec.affinity.clone(),
+            image_pull_secrets: spec.image_pull_secrets.clone(),
+            priority_class_name: spec.priority_class_name.clone(),
+            security_context: Some(pod_security_context()),
+            // The server never calls the Kubernetes API.
+            automount_service_account_token: Some(false),
+            // In-flight generations get time to finish on SIGTERM.
+            termination_grace_period_seconds: Some(60),
+            ..PodSpec::default()
+        }),
+    };
+    if let Some(overrides) = &spec.pod_overrides {
+        template = super::overrides::apply(template, overrides).map_err(InvalidSpec)?;
+    }
+    Ok(Deployment {
         metadata: owner.child_meta(owner.name.clone()),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
@@ -352,31 +406,22 @@ pub fn deployment(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) 
                 match_labels: Some(owner.selector_labels()),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
-                    containers: vec![server],
-                    volumes: Some(volumes(owner, spec, plan)),
-                    node_selector: spec.node_selector.clone(),
-                    tolerations: tolerations(spec),
-                    affinity: spec.affinity.clone(),
-                    security_context: Some(pod_security_context()),
-                    // The server never calls the Kubernetes API.
-                    automount_service_account_token: Some(false),
-                    // In-flight generations get time to finish on SIGTERM.
-                    termination_grace_period_seconds: Some(60),
-                    ..PodSpec::default()
-                }),
-            },
+            template,
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
-    }
+    })
+}
+
+/// The operator's environment of the server, then the spec's: a variable
+/// the spec sets replaces the operator's of that name.
+fn server_env(ours: Vec<EnvVar>, theirs: &[EnvVar]) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = ours
+        .into_iter()
+        .filter(|e| !theirs.iter().any(|t| t.name == e.name))
+        .collect();
+    env.extend(theirs.iter().cloned());
+    env
 }
 
 #[cfg(test)]
@@ -387,7 +432,8 @@ mod tests {
 
     fn pod(spec: &SpeculativeDeploymentSpec) -> PodSpec {
         let plan = plan(spec).unwrap();
-        deployment(&owner(), spec, &plan)
+        deployment(&owner(), spec, &plan, "specdec:test")
+            .unwrap()
             .spec
             .unwrap()
             .template
@@ -435,6 +481,14 @@ mod tests {
             );
         }
         assert!(init.iter().all(|c| c.resources.is_some()));
+        // The sample's emptyDir cache limit is requested as node disk.
+        let requests = pod.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(requests[EPHEMERAL_STORAGE], Quantity("4Gi".into()));
         let server = &pod.containers[0];
         let pre_stop = server.lifecycle.clone().unwrap().pre_stop.unwrap();
         assert_eq!(pre_stop.sleep.unwrap().seconds, PRE_STOP_DRAIN_SECONDS);
@@ -456,7 +510,11 @@ mod tests {
 
     fn rolling(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {
         let plan = plan(spec).unwrap();
-        deployment(&owner(), spec, &plan).spec.unwrap().strategy
+        deployment(&owner(), spec, &plan, "specdec:test")
+            .unwrap()
+            .spec
+            .unwrap()
+            .strategy
     }
 
     #[test]
@@ -495,6 +553,7 @@ mod tests {
             .any(|t| t.key.as_deref() == Some(GPU_RESOURCE)));
         spec.gpus = 0;
         spec.resources = None;
+        spec.model_cache = None;
         let pod = super::tests::pod(&spec);
         assert!(pod.containers[0].resources.is_none());
         assert!(pod.tolerations.is_none());
@@ -505,7 +564,8 @@ mod tests {
         let spec = sample_spec();
         let annotation = |spec: &SpeculativeDeploymentSpec| {
             let plan = plan(spec).unwrap();
-            deployment(&owner(), spec, &plan)
+            deployment(&owner(), spec, &plan, "specdec:test")
+                .unwrap()
                 .spec
                 .unwrap()
                 .template

@@ -7,6 +7,7 @@
 mod configmap;
 mod deployment;
 mod monitoring;
+mod overrides;
 mod service;
 
 use std::collections::BTreeMap;

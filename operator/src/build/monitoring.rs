@@ -50,6 +50,10 @@ pub fn service_monitor(owner: &Owner, spec: &SpeculativeDeploymentSpec) -> Optio
     let resource = service_monitor_resource();
     let mut object = DynamicObject::new(&owner.name, &resource).within(&owner.namespace);
     object.metadata = owner.child_meta(owner.name.clone());
+    // The operator's own labels win: they select what it owns.
+    let mut labels = spec.monitoring.labels.clone();
+    labels.extend(object.metadata.labels.take().unwrap_or_default());
+    object.metadata.labels = Some(labels);
     object.data = json!({
         "spec": {
             "selector": { "matchLabels": owner.selector_labels() },
@@ -69,6 +73,16 @@ mod tests {
     use super::*;
     use crate::build::tests::owner;
     use crate::plan::tests::sample_spec;
+
+    #[test]
+    fn the_monitor_carries_the_specs_labels() {
+        let mut spec = sample_spec();
+        spec.monitoring.labels = [("release".to_string(), "kube-prometheus".to_string())].into();
+        let monitor = service_monitor(&owner(), &spec).unwrap();
+        let labels = monitor.metadata.labels.unwrap();
+        assert_eq!(labels["release"], "kube-prometheus");
+        assert_eq!(labels["app.kubernetes.io/instance"], "qwen-coder");
+    }
 
     #[test]
     fn budget_only_with_two_or_more_replicas() {

@@ -11,7 +11,7 @@ pub fn service(owner: &Owner, spec: &SpeculativeDeploymentSpec) -> Service {
     Service {
         metadata: owner.child_meta(owner.name.clone()),
         spec: Some(KubeServiceSpec {
-            type_: Some(spec.service.type_.clone()),
+            type_: Some(spec.service.type_.as_str().into()),
             selector: Some(owner.selector_labels()),
             ports: Some(vec![ServicePort {
                 name: Some(HTTP_PORT_NAME.into()),
