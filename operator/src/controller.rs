@@ -156,11 +156,7 @@ async fn dereference(
     plan: &Plan,
 ) -> Result<Result<(), Outcome>, Error> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let cache = spec
-        .model_cache
-        .as_ref()
-        .and_then(|c| c.persistent_volume_claim.as_ref())
-        .map(|p| p.claim_name.as_str());
+    let cache = spec.cache_claim();
     for name in plan.required_claims(spec) {
         let Some(claim) = claims.get_opt(name).await? else {
             return Ok(Err(Outcome::Blocked {
@@ -443,9 +439,9 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         Ok((plan, deployment)) => {
             match apply(&ctx.client, &owner, spec, &plan, &deployment).await {
                 Ok(deployment) => Ok((plan, deployment)),
-                Err(Error::Rejected { object, message }) => Err(Outcome::Blocked {
+                Err(rejected @ Error::Rejected { .. }) => Err(Outcome::Blocked {
                     reason: "ApplyRejected".into(),
-                    message: format!("the API server refused {object}: {message}"),
+                    message: rejected.to_string(),
                 }),
                 Err(e) => return Err(e),
             }

@@ -156,6 +156,16 @@ pub struct SpeculativeDeploymentSpec {
     pub server: ServerSpec,
 }
 
+impl SpeculativeDeploymentSpec {
+    /// The PersistentVolumeClaim of the model cache, if it is one.
+    pub fn cache_claim(&self) -> Option<&str> {
+        self.model_cache
+            .as_ref()
+            .and_then(|c| c.persistent_volume_claim.as_ref())
+            .map(|p| p.claim_name.as_str())
+    }
+}
+
 fn default_replicas() -> i32 {
     1
 }

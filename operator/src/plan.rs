@@ -73,12 +73,7 @@ impl Plan {
         &'a self,
         spec: &'a SpeculativeDeploymentSpec,
     ) -> impl Iterator<Item = &'a str> {
-        let cache = spec
-            .model_cache
-            .as_ref()
-            .and_then(|c| c.persistent_volume_claim.as_ref())
-            .map(|p| p.claim_name.as_str());
-        cache
+        spec.cache_claim()
             .into_iter()
             .chain(self.source_claims.iter().map(String::as_str))
     }
