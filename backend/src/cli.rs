@@ -41,6 +41,10 @@ struct FetchArgs {
     /// Expected SHA-256 (64 hex digits); a mismatch keeps nothing and fails.
     #[arg(long)]
     sha256: String,
+    /// Expected size in bytes: a larger download is stopped there, and any
+    /// other size fails like a checksum mismatch.
+    #[arg(long)]
+    size_bytes: Option<u64>,
     /// Directory to store the file in (default: the model directory).
     #[arg(long, env = "SPECDEC_MODEL_DIR")]
     dir: Option<PathBuf>,
@@ -75,6 +79,22 @@ struct ServeArgs {
     /// Longest a request may take, in seconds.
     #[arg(long, env = "SPECDEC_REQUEST_TIMEOUT", default_value_t = 600)]
     request_timeout: u64,
+    /// Longest a client may take to send a request's head (or to keep an
+    /// idle connection open), and then its body, in seconds.
+    #[arg(long, env = "SPECDEC_READ_TIMEOUT", default_value_t = crate::server::listener::DEFAULT_READ_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: u64,
+    /// File of API keys `/v1/*` requires as `Authorization: Bearer KEY`
+    /// (one per line; `#` comments). Without keys, anyone who reaches the
+    /// port may use the model.
+    #[arg(long, env = "SPECDEC_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// API keys, comma-separated: for the environment (a command line is
+    /// visible to every local user).
+    #[arg(long, env = "SPECDEC_API_KEYS", hide_env_values = true)]
+    api_keys: Option<String>,
+    /// Most client connections open at once.
+    #[arg(long, env = "SPECDEC_MAX_CONNECTIONS", default_value_t = crate::server::listener::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -195,7 +215,7 @@ fn init_tracing() {
 
 fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let dir = args.dir.unwrap_or_else(models::model_dir);
-    let (path, outcome) = crate::fetch::fetch(&args.url, &args.sha256, &dir)?;
+    let (path, outcome) = crate::fetch::fetch(&args.url, &args.sha256, args.size_bytes, &dir)?;
     match outcome {
         crate::fetch::FetchOutcome::Downloaded { bytes } => {
             println!(
@@ -376,6 +396,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .file_stem()
             .map_or_else(|| "specdec".into(), |s| s.to_string_lossy().into_owned())
     });
+    let api_keys =
+        crate::server::auth::ApiKeys::load(args.api_key_file.as_deref(), args.api_keys.as_deref())
+            .map_err(|e| anyhow::anyhow!(e))?;
     let config = crate::server::ServerConfig {
         registry,
         listen: std::net::SocketAddr::new(args.host, args.port),
@@ -384,6 +407,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batching: args.batching,
         max_waiting: args.max_waiting,
         request_timeout: std::time::Duration::from_secs(args.request_timeout.max(1)),
+        http: crate::server::listener::HttpLimits {
+            read_timeout: std::time::Duration::from_secs(args.read_timeout),
+            max_connections: args.max_connections,
+        },
+        api_keys,
         threads: args
             .engine
             .threads

@@ -58,6 +58,25 @@ pub enum FetchError {
         /// The SHA-256 of what arrived.
         actual: String,
     },
+    /// The server sends more than the size the file was declared to have:
+    /// the download stops before it fills the disk.
+    #[error("downloading {url}: the file is larger than its declared size of {expected} bytes; nothing was kept")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The declared size.
+        expected: u64,
+    },
+    /// The whole file arrived, smaller than its declared size.
+    #[error("downloading {url}: got {actual} bytes, but the file was declared to have {expected}; nothing was kept")]
+    SizeMismatch {
+        /// The URL.
+        url: String,
+        /// The declared size.
+        expected: u64,
+        /// What arrived.
+        actual: u64,
+    },
     /// Local file system error.
     #[error("{path}: {source}")]
     Io {
@@ -109,9 +128,15 @@ pub fn parse_sha256(sha256: &str) -> Result<String, FetchError> {
     }
 }
 
-/// Download `url` into `dir` under its file name, verifying `sha256`.
+/// Download `url` into `dir` under its file name, verifying `sha256` and,
+/// when given, `size` (in bytes; a larger download is stopped at that size).
 /// Returns the file's path and what was done.
-pub fn fetch(url: &str, sha256: &str, dir: &Path) -> Result<(PathBuf, FetchOutcome), FetchError> {
+pub fn fetch(
+    url: &str,
+    sha256: &str,
+    size: Option<u64>,
+    dir: &Path,
+) -> Result<(PathBuf, FetchOutcome), FetchError> {
     let expected = parse_sha256(sha256)?;
     let name = file_name_of(url)?;
     let io = |path: &Path| {
@@ -158,8 +183,16 @@ pub fn fetch(url: &str, sha256: &str, dir: &Path) -> Result<(PathBuf, FetchOutco
     let partial = dir.join(format!(".{name}.{}.partial", std::process::id()));
     let mut last_error = None;
     for attempt in 1..=ATTEMPTS {
-        match download(url, &partial) {
+        match download(url, &partial, size) {
             Ok((bytes, actual)) => {
+                if let Some(expected) = size.filter(|&expected| expected != bytes) {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(FetchError::SizeMismatch {
+                        url: url.to_string(),
+                        expected,
+                        actual: bytes,
+                    });
+                }
                 if actual != expected {
                     let _ = std::fs::remove_file(&partial);
                     return Err(FetchError::ChecksumMismatch {
@@ -222,8 +255,9 @@ fn write_record(record: &Path, file: &Path, sha256: &str) {
     }
 }
 
-/// Stream `url` into `path`, hashing on the way. Returns size and SHA-256.
-fn download(url: &str, path: &Path) -> Result<(u64, String), FetchError> {
+/// Stream `url` into `path`, hashing on the way, stopping past `limit`
+/// bytes. Returns size and SHA-256.
+fn download(url: &str, path: &Path, limit: Option<u64>) -> Result<(u64, String), FetchError> {
     let transport = |message: String| FetchError::Transport {
         url: url.to_string(),
         message,
@@ -240,6 +274,16 @@ fn download(url: &str, path: &Path) -> Result<(u64, String), FetchError> {
         },
         other => transport(other.to_string()),
     })?;
+    let announced = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(expected) = limit.filter(|&limit| announced.is_some_and(|n| n > limit)) {
+        return Err(FetchError::TooLarge {
+            url: url.to_string(),
+            expected,
+        });
+    }
     let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
     let mut file = File::create(path).map_err(|source| FetchError::Io {
         path: path.to_path_buf(),
@@ -263,6 +307,12 @@ fn download(url: &str, path: &Path) -> Result<(u64, String), FetchError> {
                 source,
             })?;
         bytes += n as u64;
+        if let Some(expected) = limit.filter(|&limit| bytes > limit) {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                expected,
+            });
+        }
         if bytes >= next_report {
             tracing::info!(url, mib = bytes >> 20, "downloading");
             next_report += 256 << 20;

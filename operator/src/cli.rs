@@ -60,6 +60,10 @@ struct RunArgs {
     /// Seconds between status refreshes of a healthy deployment.
     #[arg(long, env = "SPECDEC_STATUS_INTERVAL", default_value_t = 30)]
     status_interval: u64,
+    /// Seconds after which children are applied again even if nothing shows
+    /// a change (unchanged children are otherwise left alone).
+    #[arg(long, env = "SPECDEC_RESYNC_INTERVAL", default_value_t = 300)]
+    resync_interval: u64,
     /// Image of the server when a spec names none.
     #[arg(long, env = "SPECDEC_DEFAULT_IMAGE", default_value = concat!("ghcr.io/specdec/specdec:", env!("CARGO_PKG_VERSION")))]
     default_image: String,
@@ -153,6 +157,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         namespace: args.namespace,
         status_interval: Duration::from_secs(args.status_interval),
+        resync_interval: Duration::from_secs(args.resync_interval),
         scrape_timeout: Duration::from_secs(args.scrape_timeout),
         default_image: args.default_image,
         default_cuda_image: args.default_cuda_image,

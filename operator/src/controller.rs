@@ -14,14 +14,16 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service}
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{predicates, watcher, PredicateConfig, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::acceptance::{self, Totals};
+use crate::applied::{self, AppliedChildren, Child, Observed, ABSENT};
 use crate::build::{self, Owner, FIELD_MANAGER, HTTP_PORT};
 use crate::crd::{SpeculativeDeployment, SpeculativeDeploymentSpec};
 use crate::metrics::Metrics;
@@ -35,6 +37,10 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// How often a healthy deployment's status (and acceptance) is refreshed.
     pub status_interval: Duration,
+    /// How long an applied child is left alone at most: then it is applied
+    /// again even if no watch shows a change (and a child whose kind is not
+    /// watched has nothing else to show one).
+    pub resync_interval: Duration,
     /// Timeout of one pod's `/metrics` scrape.
     pub scrape_timeout: Duration,
     /// Image of a spec that names none.
@@ -99,6 +105,23 @@ impl Context {
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The watch caches of one leadership term: the children as they are now,
+/// known without asking the API server.
+struct ChildStores {
+    configmaps: Store<ConfigMap>,
+    services: Store<Service>,
+    deployments: Store<Deployment>,
+    budgets: Store<PodDisruptionBudget>,
+}
+
+/// What the reconciles of one leadership term share. A new term starts
+/// with no record of what was applied, so it applies every child once.
+struct Term {
+    ctx: Arc<Context>,
+    children: ChildStores,
+    applied: AppliedChildren,
 }
 
 /// A reconcile that failed; it is retried with backoff.
@@ -219,53 +242,137 @@ where
     }
 }
 
-/// Server-side apply every child; returns the Deployment as stored.
+/// The child `name` of `owner`'s namespace as `store` holds it, and the
+/// version by which [`AppliedChildren`] knows whether it changed.
+fn watched<K>(store: &Store<K>, owner: &Owner, name: &str) -> (Option<Arc<K>>, Observed)
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let current = store.get(&ObjectRef::new(name).within(&owner.namespace));
+    let version = current.as_ref().and_then(|c| applied::version_of(c.meta()));
+    (current, Observed::Watched(version))
+}
+
+/// Server-side apply `child` unless this term applied the same object
+/// already and the watch shows it unchanged since; returns the child as
+/// stored (or as watched).
+async fn sync_child<K>(
+    term: &Term,
+    owner: &Owner,
+    store: &Store<K>,
+    name: &str,
+    child: &K,
+    writes: &mut u32,
+) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let key = Child {
+        namespace: &owner.namespace,
+        owner: &owner.name,
+        kind: &kind,
+        name,
+    };
+    let digest = applied::digest(child);
+    let (current, observed) = watched(store, owner, name);
+    if let Some(current) = current {
+        if !term.applied.needs_write(key, &digest, &observed) {
+            return Ok((*current).clone());
+        }
+    }
+    let api = Api::<K>::namespaced(term.ctx.client.clone(), &owner.namespace);
+    let stored = apply_child(&api, name, child).await?;
+    *writes += 1;
+    term.applied
+        .record(key, digest, applied::version_of(stored.meta()));
+    Ok(stored)
+}
+
+/// Bring every child to what the spec asks for, writing only those that
+/// differ; returns the Deployment as stored.
 async fn apply(
-    client: &Client,
+    term: &Term,
     owner: &Owner,
     spec: &SpeculativeDeploymentSpec,
     plan: &Plan,
     deployment: &Deployment,
+    writes: &mut u32,
 ) -> Result<Deployment, Error> {
+    let client = &term.ctx.client;
     let ns = owner.namespace.as_str();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let stores = &term.children;
     let configmap = build::configmap(owner, plan);
     let configmap_name = configmap.metadata.name.clone().unwrap_or_default();
-    apply_child(
-        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+    sync_child(
+        term,
+        owner,
+        &stores.configmaps,
         &configmap_name,
         &configmap,
+        writes,
     )
     .await?;
-    apply_child(
-        &Api::<Service>::namespaced(client.clone(), ns),
-        &owner.name,
-        &build::service(owner, spec),
-    )
-    .await?;
-    let deployment = apply_child(
-        &Api::<Deployment>::namespaced(client.clone(), ns),
+    let service = build::service(owner, spec);
+    sync_child(term, owner, &stores.services, &owner.name, &service, writes).await?;
+    let deployment = sync_child(
+        term,
+        owner,
+        &stores.deployments,
         &owner.name,
         deployment,
+        writes,
     )
     .await?;
-    let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
     match build::pod_disruption_budget(owner, spec) {
         Some(pdb) => {
-            apply_child(&budgets, &owner.name, &pdb).await?;
+            sync_child(term, owner, &stores.budgets, &owner.name, &pdb, writes).await?;
         }
-        None => delete_if_present(&budgets, &owner.name).await?,
+        // Deleted only when the watch shows one: asking each tick would cost
+        // a call for nothing.
+        None => {
+            if watched(&stores.budgets, owner, &owner.name).0.is_some() {
+                let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+                delete_if_present(&budgets, &owner.name).await?;
+                *writes += 1;
+            }
+        }
     }
     if has_service_monitors(client).await {
+        // Not watched (the kind may come and go with the Prometheus
+        // Operator): the record alone, renewed each resync, says whether it
+        // is as applied.
         let resource = build::service_monitor_resource();
         let monitors = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
-        match build::service_monitor(owner, spec) {
-            Some(monitor) => {
-                monitors
-                    .patch(&owner.name, &params, &Patch::Apply(&monitor))
-                    .await?;
+        let key = Child {
+            namespace: ns,
+            owner: &owner.name,
+            kind: &resource.kind,
+            name: &owner.name,
+        };
+        let monitor = build::service_monitor(owner, spec);
+        let digest = monitor
+            .as_ref()
+            .map_or_else(|| ABSENT.to_string(), applied::digest);
+        if term
+            .applied
+            .needs_write(key, &digest, &Observed::NotWatched)
+        {
+            match &monitor {
+                Some(monitor) => {
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    monitors
+                        .patch(&owner.name, &params, &Patch::Apply(monitor))
+                        .await?;
+                }
+                None => delete_if_present(&monitors, &owner.name).await?,
             }
-            None => delete_if_present(&monitors, &owner.name).await?,
+            *writes += 1;
+            term.applied.record(key, digest, None);
         }
     }
     Ok(deployment)
@@ -288,23 +395,36 @@ async fn list_pods(ctx: &Context, owner: &Owner) -> Vec<Pod> {
 }
 
 /// Delete the registry ConfigMaps that neither the current spec, a rollback
-/// to the previous one nor a running pod needs.
+/// to the previous one nor a running pod needs. What exists is read from the
+/// watch, not listed on every tick.
 async fn collect_registries(
-    ctx: &Context,
+    term: &Term,
     owner: &Owner,
     registry_sha256: &str,
     pods: &[Pod],
+    writes: &mut u32,
 ) -> Result<(), Error> {
-    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &owner.namespace);
-    let selector = format!(
-        "{},app.kubernetes.io/managed-by={FIELD_MANAGER}",
-        owner.selector_string()
-    );
-    let existing = api.list(&ListParams::default().labels(&selector)).await?;
+    let selector = owner.selector_labels();
+    let existing: Vec<ConfigMap> = term
+        .children
+        .configmaps
+        .state()
+        .iter()
+        .filter(|c| c.metadata.namespace.as_deref() == Some(owner.namespace.as_str()))
+        .filter(|c| {
+            let labels = c.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .map(|c| (**c).clone())
+        .collect();
     let current = build::configmap_name_for_sha(owner, registry_sha256);
-    for name in build::registries_to_collect(owner, &current, &existing.items, pods) {
+    let api = Api::<ConfigMap>::namespaced(term.ctx.client.clone(), &owner.namespace);
+    for name in build::registries_to_collect(owner, &current, &existing, pods) {
         tracing::debug!(object = %format!("{}/{}", owner.namespace, owner.name), configmap = %name, "collecting an old registry");
         delete_if_present(&api, &name).await?;
+        *writes += 1;
     }
     Ok(())
 }
@@ -390,18 +510,21 @@ fn object_deleted(error: &Error, name: &str) -> bool {
     }
 }
 
-async fn reconcile(sd: Arc<SpeculativeDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    match reconcile_once(&sd, &ctx).await {
+async fn reconcile(sd: Arc<SpeculativeDeployment>, term: Arc<Term>) -> Result<Action, Error> {
+    match reconcile_once(&sd, &term).await {
         Err(error) if namespace_terminating(&error) || object_deleted(&error, &sd.name_any()) => {
             tracing::debug!(object = %key(&sd), %error, "object or its namespace is being deleted; nothing to reconcile");
-            ctx.failures().remove(&key(&sd));
+            term.ctx.failures().remove(&key(&sd));
             Ok(Action::await_change())
         }
         result => result,
     }
 }
 
-async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, term: &Term) -> Result<Action, Error> {
+    let ctx = term.ctx.as_ref();
+    // Children written (applied or deleted) by this reconcile.
+    let mut writes = 0;
     let _timer = ctx
         .metrics
         .duration
@@ -437,7 +560,7 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
     let previous_sha = sd.status.as_ref().and_then(|s| s.registry_sha256.clone());
     let applied = match planned {
         Ok((plan, deployment)) => {
-            match apply(&ctx.client, &owner, spec, &plan, &deployment).await {
+            match apply(term, &owner, spec, &plan, &deployment, &mut writes).await {
                 Ok(deployment) => Ok((plan, deployment)),
                 Err(rejected @ Error::Rejected { .. }) => Err(Outcome::Blocked {
                     reason: "ApplyRejected".into(),
@@ -468,15 +591,15 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
                 tracing::warn!(object = %key(sd), reason, message, "not applied");
                 publish(ctx, sd, EventType::Warning, reason, message.clone()).await;
             }
-            let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
-                .get_opt(&owner.name)
-                .await?;
+            let deployment = watched(&term.children.deployments, &owner, &owner.name)
+                .0
+                .map(|d| (*d).clone());
             (blocked, deployment, None)
         }
     };
     let pods = list_pods(ctx, &owner).await;
     if let (Outcome::Applied, Some(current)) = (&outcome, &registry_sha256) {
-        collect_registries(ctx, &owner, current, &pods).await?;
+        collect_registries(term, &owner, current, &pods, &mut writes).await?;
     }
     let totals = scrape_acceptance(ctx, &pods).await;
     let observation = Observation {
@@ -537,7 +660,7 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
         &status.acceptance,
     );
     ctx.failures().remove(&key(sd));
-    tracing::debug!(object = %key(sd), status_written = status_changed, "reconcile done");
+    tracing::debug!(object = %key(sd), status_written = status_changed, children_written = writes, "reconcile done");
     let result = match outcome {
         Outcome::Applied => "applied",
         Outcome::Blocked { .. } => "blocked",
@@ -555,7 +678,8 @@ async fn reconcile_once(sd: &Arc<SpeculativeDeployment>, ctx: &Context) -> Resul
     })
 }
 
-fn error_policy(sd: Arc<SpeculativeDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(sd: Arc<SpeculativeDeployment>, error: &Error, term: Arc<Term>) -> Action {
+    let ctx = &term.ctx;
     ctx.metrics
         .reconciliations
         .with_label_values(&["error"])
@@ -572,61 +696,109 @@ fn error_policy(sd: Arc<SpeculativeDeployment>, error: &Error, ctx: Arc<Context>
     Action::requeue(delay)
 }
 
+/// A watch of one kind of child, cached in a store the reconciles read.
+fn watch_children<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let children =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, children)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Run the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
-    let (resources, configmaps, services, deployments) = match &ctx.settings.namespace {
-        Some(ns) => (
-            Api::<SpeculativeDeployment>::namespaced(client.clone(), ns),
-            Api::<ConfigMap>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-            Api::<Deployment>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
-    let children =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let namespace = ctx.settings.namespace.as_deref();
+    let (configmaps, configmap_changes) = watch_children(scoped::<ConfigMap>(&client, namespace));
+    let (services, service_changes) = watch_children(scoped::<Service>(&client, namespace));
+    let (deployments, deployment_changes) =
+        watch_children(scoped::<Deployment>(&client, namespace));
+    let (budgets, budget_changes) =
+        watch_children(scoped::<PodDisruptionBudget>(&client, namespace));
     // Only a new generation (a spec change) of an object triggers a
     // reconcile, never its status: the reconcile's own status write must not
     // be what wakes it up next (under traffic every write would, as the
     // acceptance counters move). Children's changes still trigger, and the
     // status timer refreshes what the pods report.
     let (store, writer) = reflector::store();
-    let primary = watcher(resources, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let primary = watcher(
+        scoped::<SpeculativeDeployment>(&client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
     let controller = Controller::for_stream(primary, store.clone());
-    let metrics = ctx.metrics.clone();
-    // Deleted objects are not reconciled: drop their gauges here.
-    let cleanup = tokio::spawn(async move {
-        if store.wait_until_ready().await.is_err() {
-            return;
-        }
-        loop {
-            for (namespace, name) in metrics.published_deployments() {
-                if store
-                    .get(&ObjectRef::new(&name).within(&namespace))
-                    .is_none()
-                {
-                    metrics.forget(&namespace, &name);
-                }
+    let term = Arc::new(Term {
+        applied: AppliedChildren::new(ctx.settings.resync_interval),
+        children: ChildStores {
+            configmaps,
+            services,
+            deployments,
+            budgets,
+        },
+        ctx,
+    });
+    // Deleted objects are not reconciled: drop their gauges and records here.
+    let cleanup = tokio::spawn({
+        let term = term.clone();
+        async move {
+            if store.wait_until_ready().await.is_err() {
+                return;
             }
-            tokio::time::sleep(Duration::from_secs(15)).await;
+            let gone = |namespace: &str, name: &str| {
+                store.get(&ObjectRef::new(name).within(namespace)).is_none()
+            };
+            loop {
+                for (namespace, name) in term.ctx.metrics.published_deployments() {
+                    if gone(&namespace, &name) {
+                        term.ctx.metrics.forget(&namespace, &name);
+                    }
+                }
+                for (namespace, name) in term.applied.owners() {
+                    if gone(&namespace, &name) {
+                        term.applied.forget(&namespace, &name);
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(15)).await;
+            }
         }
     });
     controller
-        .owns(deployments, children.clone())
-        .owns(configmaps, children.clone())
-        .owns(services, children)
+        .owns_stream(deployment_changes)
+        .owns_stream(configmap_changes)
+        .owns_stream(service_changes)
+        .owns_stream(budget_changes)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, term)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),

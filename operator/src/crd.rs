@@ -108,6 +108,11 @@ pub struct SpeculativeDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub env_from: Option<Vec<EnvFromSource>>,
+    /// API keys the pods require on `/v1/*` (`Authorization: Bearer KEY`);
+    /// without them anyone who reaches the Service may use the model.
+    /// Health, readiness and metrics stay open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeysSecret>,
     /// PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
@@ -154,6 +159,23 @@ pub struct SpeculativeDeploymentSpec {
     /// Server settings.
     #[serde(default)]
     pub server: ServerSpec,
+}
+
+/// A Secret of the namespace holding API keys.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeysSecret {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Its item holding the keys, one per line (`#` comments allowed).
+    #[serde(default = "default_api_keys_item")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_api_keys_item() -> String {
+    "api-keys".into()
 }
 
 impl SpeculativeDeploymentSpec {
@@ -205,6 +227,7 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[x_kube(
     validation = Rule::new("self.uri.startsWith('https://') || self.uri.startsWith('pvc://') || self.uri.startsWith('file:///')").message("model uri must start with https://, pvc:// or file:///"),
     validation = Rule::new("!self.uri.startsWith('https://') || has(self.sha256)").message("an https:// model source needs sha256"),
+    validation = Rule::new("self.uri.startsWith('https://') || !has(self.sizeBytes)").message("sizeBytes is for https:// model sources, which are downloaded"),
     validation = Rule::new("!self.uri.startsWith('pvc://') || self.uri.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^/].*$')").message("a pvc:// model source is pvc://CLAIM/PATH"),
     validation = Rule::new("self.uri.matches('^[^?#]*[.]gguf([?#].*)?$')").message("model uri must name a .gguf file"),
 )]
@@ -223,6 +246,13 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub sha256: Option<String>,
+    /// Size of the file in bytes (`https://` only). A download is stopped
+    /// past it and refused if it ends short. When every downloaded model
+    /// declares its size, an emptyDir model cache is limited, and requested
+    /// as ephemeral storage, to fit them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub size_bytes: Option<i64>,
 }
 
 /// The target model.
@@ -346,7 +376,10 @@ pub struct ModelCacheSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyDirCache {
-    /// Size limit of the emptyDir.
+    /// Size limit of the emptyDir, also requested as ephemeral storage.
+    /// Default: the downloaded models' declared sizes (`sizeBytes`) with
+    /// some headroom, when every one declares it. A limit below their total
+    /// is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_limit: Option<Quantity>,
 }

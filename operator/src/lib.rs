@@ -6,11 +6,13 @@
 //! - [`model_source`], [`plan`]: validation, pure.
 //! - [`build`]: the Kubernetes objects, pure.
 //! - [`status`], [`acceptance`]: the published status, pure.
-//! - [`controller`]: dereference, apply, status (talks to the API server).
+//! - [`controller`]: dereference, apply, status (talks to the API server);
+//!   [`applied`]: which children need writing at all.
 //! - [`leader`]: Lease-based leader election.
 //! - [`metrics`], [`http`], [`telemetry`], [`cli`]: the process around it.
 
 pub mod acceptance;
+pub mod applied;
 pub mod build;
 pub mod cli;
 pub mod controller;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use sha2::{Digest, Sha256};
 use specdec_backend::config::{
     DraftParams, DrafterConfig, DrafterKind as RegistryDrafterKind, RegistryConfig, TargetConfig,
@@ -37,6 +38,8 @@ pub struct Download {
     pub sha256: String,
     /// File name in the model cache.
     pub file_name: String,
+    /// Declared size in bytes.
+    pub size_bytes: Option<u64>,
 }
 
 /// A file on the node mounted into the pod.
@@ -64,6 +67,9 @@ pub struct Plan {
     pub source_claims: Vec<String>,
     /// Node files holding `file:///` models.
     pub node_files: Vec<NodeFile>,
+    /// Size limit (and ephemeral-storage request) of an emptyDir model
+    /// cache: the spec's, else one that fits the declared model sizes.
+    pub cache_size_limit: Option<Quantity>,
 }
 
 impl Plan {
@@ -118,10 +124,20 @@ impl Sources {
                 sha256,
                 file_name,
             } => {
+                let size_bytes = spec
+                    .size_bytes
+                    .map(|n| {
+                        u64::try_from(n)
+                            .map_err(|_| InvalidSpec(format!("{owner}: sizeBytes {n} is negative")))
+                    })
+                    .transpose()?;
                 if let Some(existing) = self.downloads.get(&file_name) {
-                    if existing.url != url || existing.sha256 != sha256 {
+                    if existing.url != url
+                        || existing.sha256 != sha256
+                        || existing.size_bytes != size_bytes
+                    {
                         return Err(InvalidSpec(format!(
-                            "{owner}: file name `{file_name}` is also used by {} with another url or sha256; the model cache holds one file per name",
+                            "{owner}: file name `{file_name}` is also used by {} with another url, sha256 or sizeBytes; the model cache holds one file per name",
                             existing.url
                         )));
                     }
@@ -132,6 +148,7 @@ impl Sources {
                             url,
                             sha256,
                             file_name: file_name.clone(),
+                            size_bytes,
                         },
                     );
                 }
@@ -225,14 +242,91 @@ pub fn plan(spec: &SpeculativeDeploymentSpec) -> Result<Plan, InvalidSpec> {
         .to_yaml()
         .map_err(|e| InvalidSpec(format!("cannot render the registry: {e}")))?;
     let registry_sha256 = hex::encode(Sha256::digest(registry_yaml.as_bytes()));
+    let downloads: Vec<Download> = sources.downloads.into_values().collect();
+    let cache_size_limit = cache_size_limit(spec, &downloads)?;
     Ok(Plan {
         registry,
         registry_yaml,
         registry_sha256,
-        downloads: sources.downloads.into_values().collect(),
+        downloads,
         source_claims: sources.claims,
         node_files: sources.node_files,
+        cache_size_limit,
     })
+}
+
+/// Room an emptyDir cache sized from the models keeps beyond them: the
+/// checksum records and lock files, and the file system's own overhead.
+fn cache_headroom(models: u64) -> u64 {
+    models / 50 + (64 << 20)
+}
+
+/// The size limit of an emptyDir model cache: the spec's (refused when it
+/// cannot hold the declared models), else derived from the declared sizes
+/// when every downloaded model has one. A claim-backed cache has none.
+fn cache_size_limit(
+    spec: &SpeculativeDeploymentSpec,
+    downloads: &[Download],
+) -> Result<Option<Quantity>, InvalidSpec> {
+    if spec.cache_claim().is_some() {
+        return Ok(None);
+    }
+    let declared: Option<u64> = if downloads.is_empty() {
+        None
+    } else {
+        downloads.iter().map(|d| d.size_bytes).sum()
+    };
+    let given = spec
+        .model_cache
+        .as_ref()
+        .and_then(|c| c.empty_dir.as_ref())
+        .and_then(|e| e.size_limit.clone());
+    match (given, declared) {
+        (Some(limit), Some(models)) => {
+            if quantity_bytes(&limit.0).is_some_and(|bytes| bytes < models as f64) {
+                return Err(InvalidSpec(format!(
+                    "modelCache.emptyDir.sizeLimit {} cannot hold the {models} bytes ({:.2} GiB) of the models downloaded into it",
+                    limit.0,
+                    models as f64 / f64::from(1u32 << 30)
+                )));
+            }
+            Ok(Some(limit))
+        }
+        (Some(limit), None) => Ok(Some(limit)),
+        (None, Some(models)) => {
+            let mebibytes = (models + cache_headroom(models)).div_ceil(1 << 20);
+            Ok(Some(Quantity(format!("{mebibytes}Mi"))))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Bytes of a Kubernetes quantity such as `20Gi`, `1.5G` or `1000000`;
+/// `None` for forms not used for sizes (exponents, milli-units), which the
+/// API server has accepted and are then left unchecked.
+pub fn quantity_bytes(quantity: &str) -> Option<f64> {
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    Some(number * scale)
 }
 
 #[cfg(test)]
@@ -308,15 +402,81 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_empty_dir_cache_is_sized_from_the_declared_models() {
+        use crate::crd::{EmptyDirCache, ModelCacheSpec};
+        let mut spec = sample_spec();
+        spec.model_cache = Some(ModelCacheSpec {
+            empty_dir: Some(EmptyDirCache::default()),
+            persistent_volume_claim: None,
+        });
+        // The sample declares 1117320768 + 491400064 bytes: 1534.2 MiB, plus
+        // 2 % and 64 MiB of headroom.
+        let models = 1_117_320_768u64 + 491_400_064;
+        let limit = plan(&spec).unwrap().cache_size_limit.unwrap().0;
+        assert_eq!(limit, "1629Mi");
+        let bytes = quantity_bytes(&limit).unwrap();
+        assert!(bytes >= (models + cache_headroom(models)) as f64);
+        // One model without a size: no limit can be derived.
+        spec.drafters[0].model.as_mut().unwrap().size_bytes = None;
+        assert_eq!(plan(&spec).unwrap().cache_size_limit, None);
+    }
+
+    #[test]
+    fn a_given_cache_limit_is_kept_unless_the_models_do_not_fit() {
+        use crate::crd::{EmptyDirCache, ModelCacheSpec};
+        let mut spec = sample_spec();
+        let with_limit = |limit: &str| {
+            Some(ModelCacheSpec {
+                empty_dir: Some(EmptyDirCache {
+                    size_limit: Some(Quantity(limit.into())),
+                }),
+                persistent_volume_claim: None,
+            })
+        };
+        spec.model_cache = with_limit("4Gi");
+        assert_eq!(
+            plan(&spec).unwrap().cache_size_limit,
+            Some(Quantity("4Gi".into()))
+        );
+        spec.model_cache = with_limit("1G");
+        let err = plan(&spec).unwrap_err().0;
+        assert!(
+            err.contains("sizeLimit 1G cannot hold the 1608720832 bytes (1.50 GiB)"),
+            "{err}"
+        );
+        // A cache on a claim has no size limit of ours.
+        spec.model_cache = Some(ModelCacheSpec {
+            empty_dir: None,
+            persistent_volume_claim: Some(crate::crd::PvcCache {
+                claim_name: "models".into(),
+            }),
+        });
+        assert_eq!(plan(&spec).unwrap().cache_size_limit, None);
+    }
+
+    #[test]
+    fn quantities_in_bytes() {
+        assert_eq!(quantity_bytes("20Gi"), Some(20.0 * 1024f64.powi(3)));
+        assert_eq!(quantity_bytes("1.5G"), Some(1.5e9));
+        assert_eq!(quantity_bytes("1000"), Some(1000.0));
+        assert_eq!(quantity_bytes("512Ki"), Some(512.0 * 1024.0));
+        assert_eq!(quantity_bytes("1e9"), None);
+        assert_eq!(quantity_bytes("100m"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+    }
+
+    #[test]
     fn pvc_and_node_sources_map_to_mounts() {
         let mut spec = sample_spec();
         spec.target.model = ModelSourceSpec {
             uri: "pvc://models/qwen/target.gguf".into(),
             sha256: None,
+            size_bytes: None,
         };
         spec.drafters[0].model = Some(ModelSourceSpec {
             uri: "file:///var/lib/models/drafter.gguf".into(),
             sha256: None,
+            size_bytes: None,
         });
         let plan = plan(&spec).unwrap();
         assert_eq!(plan.source_claims, vec!["models".to_string()]);

@@ -39,9 +39,9 @@ def http_server(tmp_path):
     process.wait(timeout=10)
 
 
-def fetch(url: str, sha256: str, dest: Path) -> subprocess.CompletedProcess:
+def fetch(url: str, sha256: str, dest: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(specdec_binary()), "fetch", "--url", url, "--sha256", sha256, "--dir", str(dest)],
+        [str(specdec_binary()), "fetch", "--url", url, "--sha256", sha256, "--dir", str(dest), *extra],
         capture_output=True, text=True, timeout=120,
     )
 
@@ -73,6 +73,26 @@ def test_checksum_mismatch_keeps_nothing(http_server, tmp_path):
     # hold "the" lock at once.
     assert [p.name for p in dest.iterdir()] == [".tiny.gguf.lock"]
     assert (dest / ".tiny.gguf.lock").stat().st_size == 0
+
+
+def test_a_declared_size_bounds_the_download(http_server, tmp_path):
+    """The operator sizes an emptyDir cache from the declared sizes: a file
+    larger than declared is stopped before it fills the disk, a smaller one
+    fails like a checksum mismatch, and neither leaves anything behind."""
+    url, payload = http_server
+    sha = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "cache"
+    model = f"{url}/models/tiny.gguf"
+    too_small = fetch(model, sha, dest, "--size-bytes", str(len(payload) - 1))
+    assert too_small.returncode != 0
+    assert f"larger than its declared size of {len(payload) - 1} bytes" in too_small.stderr
+    too_large = fetch(model, sha, dest, "--size-bytes", str(len(payload) + 1))
+    assert too_large.returncode != 0
+    assert f"got {len(payload)} bytes, but the file was declared to have {len(payload) + 1}" in too_large.stderr
+    assert [p.name for p in dest.iterdir()] == [".tiny.gguf.lock"]
+    exact = fetch(model, sha, dest, "--size-bytes", str(len(payload)))
+    assert exact.returncode == 0 and "downloaded" in exact.stdout, exact.stderr
+    assert (dest / "tiny.gguf").read_bytes() == payload
 
 
 def test_refuses_bad_arguments_and_missing_files(http_server, tmp_path):

@@ -35,6 +35,16 @@ def start(models, tmp_path, *extra):
         time.sleep(0.3)
 
 
+def stop_and_read_log(process: subprocess.Popen) -> str:
+    """SIGTERM `process` (SIGKILL after 30 s); what it logged."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    return process.stderr.read()
+
+
 def test_sigterm_finishes_in_flight_requests(models, tmp_path):
     url, process = start(models, tmp_path)
     try:

@@ -4,6 +4,7 @@ user would."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -284,11 +285,24 @@ def backend_on_pod_ip(cluster, ns, tmp_path):
     models = subprocess.run([sys.executable, str(REPO / "scripts" / "fetch-models"), "--print-dir"],
                             check=True, capture_output=True, text=True).stdout.strip()
     log = tmp_path / "server.log"
+    env = {**os.environ, "SPECDEC_MODEL_DIR": models}
+    # The API keys the pod would read from its Secret volume, from the Secret.
+    server = next(c for c in pod["spec"]["containers"] if c["name"] == "server")
+    key_file = next((e["value"] for e in server.get("env", []) if e["name"] == "SPECDEC_API_KEY_FILE"), None)
+    if key_file:
+        mount = max((m for m in server["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")),
+                    key=lambda m: len(m["mountPath"]))
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])["secret"]
+        secret = cluster.json("get", "secret", volume["secretName"], "-n", ns)
+        item = volume["items"][0]
+        assert key_file == f"{mount['mountPath']}/{item['path']}", (key_file, volume)
+        keys = tmp_path / "api-keys"
+        keys.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+        env["SPECDEC_API_KEY_FILE"] = str(keys)
     server = subprocess.Popen(
         [str(target_dir() / "release" / "specdec"), "serve", "--registry", str(registry),
          "--host", ip, "--port", "8080", "--model-name", SAMPLE_NAME],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT,
-        env={**os.environ, "SPECDEC_MODEL_DIR": models},
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
     )
     try:
         url = f"http://{ip}:8080"

@@ -111,8 +111,9 @@ def test_lint_is_clean_in_strict_mode(offline_helm, values):
     ({"imagePullSecrets": ["regcred"]}, "at '/imagePullSecrets/0': got string, want object"),
     ({"watchNamespace": "Team_A"}, "at '/watchNamespace': 'Team_A' does not match pattern"),
     ({"replica": 2}, "additional properties 'replica' not allowed"),
+    ({"serverImages": {"gpu": "x"}}, "additional properties 'gpu' not allowed"),
 ], ids=["string-for-integer", "below-minimum", "string-for-boolean", "not-in-enum",
-        "string-for-object", "not-a-namespace", "misspelt-key"])
+        "string-for-object", "not-a-namespace", "misspelt-key", "misspelt-image-kind"])
 def test_the_schema_refuses_wrong_values(offline_helm, tmp_path, values, message):
     bad = tmp_path / "values.yaml"
     bad.write_text(yaml.safe_dump(values))
@@ -148,6 +149,19 @@ def test_replicas_prefer_different_nodes_unless_affinity_is_given(offline_helm):
                      "--set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
                      ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists")
     assert list(given["spec"]["affinity"]) == ["nodeAffinity"]
+
+
+def test_server_images_reach_the_operators_arguments_only_when_set(offline_helm):
+    def args(*values):
+        deployment = next(o for o in offline_helm.template(*values) if o["kind"] == "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # Unset: the operator's own defaults, which match its version.
+    assert not [a for a in args() if a.startswith("--default-")]
+    given = args("--set", "serverImages.cpu=registry.example/specdec:1.2",
+                 "--set", "serverImages.cuda=registry.example/specdec:1.2-cuda")
+    assert "--default-image=registry.example/specdec:1.2" in given
+    assert "--default-cuda-image=registry.example/specdec:1.2-cuda" in given
 
 
 # --- against the test control plane ----------------------------------------

@@ -4,6 +4,7 @@ the registry the operator writes is the one the backend accepts."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -221,12 +222,13 @@ def test_status_reports_acceptance_read_from_a_real_pod(cluster, deployed, tmp_p
         assert row["acceptanceRate"] in table.splitlines()[1]
 
 
-def reconciles_of(operator, ns) -> tuple[int, int]:
-    """(reconciles, status writes) of the sample in `ns` so far, from the
-    operator's own log."""
+def reconciles_of(operator, ns) -> tuple[int, int, int]:
+    """(reconciles, status writes, children written) of the sample in `ns`
+    so far, from the operator's own log."""
     done = [line for line in operator.log.read_text().splitlines()
             if "reconcile done" in line and f"object={ns}/{NAME}" in line]
-    return len(done), sum("status_written=true" in line for line in done)
+    children = sum(int(re.search(r"children_written=(\d+)", line).group(1)) for line in done)
+    return len(done), sum("status_written=true" in line for line in done), children
 
 
 def test_traffic_does_not_drive_reconciles_past_the_status_timer(cluster, operator, deployed, tmp_path):
@@ -276,12 +278,88 @@ def test_traffic_does_not_drive_reconciles_past_the_status_timer(cluster, operat
         wait_for("the status to show the pod's accepted tokens", status_caught_up,
                  timeout=6 * interval)
     reconciles, writes = after[0] - before[0], after[1] - before[1]
+    children = after[2] - before[2]
     ticks = window / interval
     print(f"{len(served)} requests; in {window:.0f} s: {reconciles} reconciles, {writes} status "
-          f"writes; status timer {interval} s ({ticks:.0f} ticks)", file=sys.stderr)
-    assert len(served) >= 10 and counted > 0, (served, counted)
+          f"writes, {children} children written; status timer {interval} s ({ticks:.0f} ticks)",
+          file=sys.stderr)
+    assert len(served) >= 5 and counted > 0, (served, counted)
+    # Nothing in the spec or the children changed: no child is applied again.
+    assert children == 0, children
     # The timer keeps refreshing (a write only when something changed)...
     assert reconciles >= ticks / 2 and 0 < writes <= reconciles, (reconciles, writes)
     # ...at the timer's rate: a write that woke the next reconcile would
     # double the reconciles at least.
     assert reconciles <= ticks * 1.25 + 2, (reconciles, writes, ticks)
+
+
+def test_children_changed_by_others_are_set_back_and_unchanged_ones_left_alone(cluster, operator, deployed):
+    """The operator writes a child only when it differs from what the spec
+    asks for: a scaled Deployment and a deleted Service are set back at
+    once, by a write each, while the ticks in between write nothing."""
+    ns = deployed
+    interval = operator.status_interval_s
+    before = reconciles_of(operator, ns)
+    time.sleep(2 * interval + 1)
+    idle = reconciles_of(operator, ns)
+    assert idle[0] - before[0] >= 1 and idle[2] == before[2], (before, idle)
+    # `kubectl scale` takes the replicas from the operator...
+    cluster("scale", "deployment", NAME, "-n", ns, "--replicas=1")
+    wait_for("the operator to set the replicas back",
+             lambda: cluster.json("get", "deployment", NAME, "-n", ns)["spec"]["replicas"] == 2,
+             timeout=30)
+    # ...and a deleted Service comes back.
+    uid = cluster.json("get", "service", NAME, "-n", ns)["metadata"]["uid"]
+    cluster("delete", "service", NAME, "-n", ns, "--wait=true")
+    wait_for("the operator to create the Service again",
+             lambda: cluster.exists("service", NAME, "-n", ns)
+             and cluster.json("get", "service", NAME, "-n", ns)["metadata"]["uid"] != uid,
+             timeout=30)
+    restored = reconciles_of(operator, ns)
+    # The Deployment and the Service, each written once or twice (a
+    # reconcile may run before the watch shows the other's write).
+    assert 2 <= restored[2] - idle[2] <= 4, (idle, restored)
+    time.sleep(2 * interval + 1)
+    after = reconciles_of(operator, ns)
+    assert after[0] > restored[0] and after[2] == restored[2], (restored, after)
+
+
+def test_api_keys_from_a_secret_are_required_by_the_pods_and_metrics_stay_open(
+        cluster, operator, namespace, tmp_path):
+    """spec.apiKeys: the pods get the Secret's keys (mounted for the server
+    only) and require one on /v1/*; the operator still scrapes /metrics."""
+    ns = namespace
+    cluster("create", "secret", "generic", "llm-keys", "-n", ns,
+            "--from-literal=api-keys=sk-team-0123456789")
+    obj = yaml.safe_load(SAMPLE.read_text())
+    obj["spec"]["replicas"] = 1
+    obj["spec"]["apiKeys"] = {"secretName": "llm-keys"}
+    cluster("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(obj))
+    wait_for("the sample to become Ready", ready_with(cluster, ns, 1), timeout=120)
+    pod = pods(cluster, ns)[0]["spec"]
+    volume = next(v for v in pod["volumes"] if "secret" in v)
+    assert volume["secret"]["secretName"] == "llm-keys"
+    assert all(volume["name"] not in [m["name"] for m in c.get("volumeMounts", [])]
+               for c in pod["initContainers"])
+    with backend_on_pod_ip(cluster, ns, tmp_path) as url:
+        import requests
+        from openai import AuthenticationError, OpenAI
+        body = {"model": NAME, "max_tokens": 8, "temperature": 0, "language": "de",
+                "speculative": {"max": 4, "adaptive": False},
+                "messages": [{"role": "user", "content": "Übersetze: Guten Morgen, wie geht es dir?"}]}
+        refused = requests.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        plain = {k: v for k, v in body.items() if k not in ("language", "speculative")}
+        extra = {"language": "de", "speculative": body["speculative"]}
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{url}/v1", api_key="sk-other", max_retries=0).chat.completions.create(
+                **plain, extra_body=extra)
+        client = OpenAI(base_url=f"{url}/v1", api_key="sk-team-0123456789", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(**plain, extra_body=extra)
+        drafted = reply.usage.model_extra["speculative"]["draft_tokens"]
+        assert drafted > 0
+        # /metrics is open: the operator reads the acceptance without a key.
+        wait_for("status.acceptance from the keyed pod",
+                 lambda: any(a["language"] == "de" and a["draftTokens"] == drafted
+                             for a in specdep(cluster, ns)["status"].get("acceptance", [])),
+                 timeout=30)

@@ -53,6 +53,10 @@ def with_bad_pull_policy(obj):
     obj["spec"]["imagePullPolicy"] = "Sometimes"
 
 
+def with_size_of_a_claim_file(obj):
+    obj["spec"]["target"]["model"] = {"uri": "pvc://models/target.gguf", "sizeBytes": 1000}
+
+
 CASES = [
     (with_duplicate_name, "drafter names must be unique"),
     (with_language_twice, "a language may be claimed by only one drafter"),
@@ -63,6 +67,7 @@ CASES = [
     (with_gpu_in_resources, "request GPUs with gpus, not resources"),
     (with_bad_service_type, 'Unsupported value: "ExternalName"'),
     (with_bad_pull_policy, 'Unsupported value: "Sometimes"'),
+    (with_size_of_a_claim_file, "sizeBytes is for https:// model sources, which are downloaded"),
 ]
 
 
@@ -150,3 +155,31 @@ def test_a_read_write_once_cache_for_several_replicas_is_degraded(cluster, opera
     wait_for("Degraded to clear with one replica",
              lambda: condition(cluster.json("get", "specdep", "shared", "-n", namespace), "Degraded")
              .get("reason") != "ModelCacheNotShared", timeout=30)
+
+
+def test_an_empty_dir_cache_is_sized_from_the_models_or_refused_when_too_small(
+        cluster, operator, namespace):
+    """The sample declares its models' sizes: the emptyDir cache is limited
+    to fit them, that is requested as node disk, and each download is
+    bounded by its size; a given limit below the models' total is Degraded."""
+    obj = sample()
+    obj["metadata"]["name"] = "sized"
+    obj["spec"]["replicas"] = 1
+    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+    wait_for("the Deployment", lambda: cluster.exists("deployment", "sized", "-n", namespace), timeout=30)
+    pod = cluster.json("get", "deployment", "sized", "-n", namespace)["spec"]["template"]["spec"]
+    cache = next(v for v in pod["volumes"] if "emptyDir" in v)
+    assert cache["emptyDir"]["sizeLimit"] == "1629Mi", cache
+    assert pod["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "1629Mi"
+    sizes = [c["args"][c["args"].index("--size-bytes") + 1] for c in pod["initContainers"]]
+    assert sorted(sizes) == ["1117320768", "491400064"], sizes
+
+    cluster("patch", "specdep", "sized", "-n", namespace, "--type", "merge", "-p",
+            '{"spec": {"modelCache": {"emptyDir": {"sizeLimit": "1Gi"}}}}')
+    c = wait_degraded(cluster, namespace, "sized")
+    assert c["reason"] == "InvalidSpec", c
+    assert "sizeLimit 1Gi cannot hold the 1608720832 bytes (1.50 GiB)" in c["message"], c
+    # The last valid Deployment is left as it was.
+    cache = next(v for v in cluster.json("get", "deployment", "sized", "-n", namespace)
+                 ["spec"]["template"]["spec"]["volumes"] if "emptyDir" in v)
+    assert cache["emptyDir"]["sizeLimit"] == "1629Mi"

@@ -28,6 +28,15 @@ pub enum ApiError {
     /// Body too large.
     #[error("the request body is too large")]
     PayloadTooLarge,
+    /// No API key, or a wrong one, on a server that requires one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The body is not declared as JSON.
+    #[error("the request body must be JSON: send `Content-Type: application/json`{0}")]
+    UnsupportedMediaType(String),
+    /// The client did not send its whole body within the read timeout.
+    #[error("the request body did not arrive within {0} seconds")]
+    BodyTimeout(u64),
     /// Slots and queue are full.
     #[error("the server is busy: all {capacity} slots and queue places are taken; retry later")]
     Overloaded {
@@ -80,6 +89,9 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -102,9 +114,12 @@ impl ApiError {
                 Some("model_not_found"),
                 Some("model".to_string()),
             ),
-            Self::NotFound | Self::MethodNotAllowed | Self::PayloadTooLarge => {
-                ("invalid_request_error", None, None)
-            }
+            Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::PayloadTooLarge
+            | Self::UnsupportedMediaType(_)
+            | Self::BodyTimeout(_) => ("invalid_request_error", None, None),
+            Self::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key"), None),
             Self::Overloaded { .. } => ("rate_limit_error", Some("rate_limit_exceeded"), None),
             Self::NotReady(_) => ("server_error", Some("not_ready"), None),
             Self::Timeout(_) => ("server_error", Some("timeout"), None),
@@ -145,6 +160,12 @@ pub fn reply(error: &ApiError) -> warp::reply::Response {
     use warp::Reply;
     let mut response =
         warp::reply::with_status(warp::reply::json(&error.body()), error.status()).into_response();
+    if matches!(error, ApiError::Unauthorized(_)) {
+        response.headers_mut().insert(
+            "www-authenticate",
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
+    }
     if let Some(seconds) = error.retry_after() {
         if let Ok(value) = seconds.to_string().parse() {
             response.headers_mut().insert("retry-after", value);

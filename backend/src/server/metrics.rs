@@ -440,8 +440,10 @@ impl Metrics {
         }
     }
 
-    /// Count a finished HTTP request by status code.
-    pub fn record_status(&self, status: u16) {
+    /// Count a finished HTTP request by status code (or [`CANCELLED`]).
+    ///
+    /// [`CANCELLED`]: super::service::CANCELLED
+    pub fn record_status(&self, status: impl std::fmt::Display) {
         self.requests
             .with_label_values(&[&status.to_string()])
             .inc();

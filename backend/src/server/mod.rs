@@ -6,7 +6,9 @@
 //! thread, and `/readyz` turns 200. A registry or model that cannot be used
 //! stops the process with the reason.
 
+pub mod auth;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use crate::config::RegistryConfig;
 use crate::engine::{Engine, EngineConfig};
 
+use listener::HttpLimits;
 use service::{Service, ServiceConfig};
 
 /// Everything `serve` needs.
@@ -40,6 +43,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// CPU threads per evaluation.
     pub threads: u32,
+    /// What a client may cost before it is cut off.
+    pub http: HttpLimits,
+    /// Keys `/v1/*` requires; empty: none.
+    pub api_keys: auth::ApiKeys,
 }
 
 /// Run the server until SIGTERM or SIGINT; in-flight requests finish first.
@@ -80,13 +87,18 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(routes::routes(Arc::clone(&service)))
-        .incoming(listener)
-        .graceful(async {
+    // In-flight requests get their whole timeout to finish, and then the
+    // stream of an answer a little longer to be written.
+    let grace = config.request_timeout + Duration::from_secs(5);
+    let server = tokio::spawn(listener::serve(
+        listener,
+        routes::routes(Arc::clone(&service), config.http, config.api_keys.clone()),
+        config.http,
+        async {
             let _ = stop_rx.await;
-        })
-        .run();
-    let server = tokio::spawn(server);
+        },
+        grace,
+    ));
 
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
@@ -95,7 +107,24 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         }
         Ok(reason) = load_failed => Err(anyhow::anyhow!("cannot load the models: {reason}")),
     };
+    // The port stays open while the requests in flight finish: what arrives
+    // meanwhile gets a 503 with the error object (and /readyz fails), not a
+    // refused connection.
     service.begin_shutdown();
+    let drained = async {
+        while service.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(config.request_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = service.in_flight(),
+            "requests still running at the end of the drain"
+        );
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
     outcome

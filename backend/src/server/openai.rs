@@ -208,8 +208,7 @@ pub fn validate(
             let messages = object
                 .remove("messages")
                 .ok_or_else(|| invalid_param("messages", "`messages` is required"))?;
-            let messages: Vec<WireMessage> = serde_json::from_value(messages)
-                .map_err(|e| invalid_param("messages", format!("`messages`: {e}")))?;
+            let messages = wire_messages(messages)?;
             (parse_common(object)?, Input::Chat(messages))
         }
         Endpoint::Completions => {
@@ -301,14 +300,7 @@ pub fn validate(
         ));
     }
     let speculative = common.speculative.unwrap_or_default();
-    if let Some(max) = speculative.max {
-        if max > DraftParams::MAX_DRAFT {
-            return Err(invalid_param(
-                "speculative.max",
-                format!("speculative.max must be at most {}", DraftParams::MAX_DRAFT),
-            ));
-        }
-    }
+    check_speculative(&speculative)?;
     let sampling = SamplingParams {
         temperature,
         top_k,
@@ -336,6 +328,60 @@ pub fn validate(
         speculative_enabled: speculative.enabled.unwrap_or(true),
         draft_overrides: speculative,
     })
+}
+
+/// The ranges of the `speculative` extension, checked whatever drafter the
+/// request ends up with (even none).
+fn check_speculative(options: &SpeculativeOptions) -> Result<(), ApiError> {
+    let most = DraftParams::MAX_DRAFT;
+    for (name, value) in [("max", options.max), ("min", options.min)] {
+        if let Some(n) = value.filter(|&n| n > most) {
+            return Err(invalid_param(
+                &format!("speculative.{name}"),
+                format!("speculative.{name} must be at most {most}, got {n}"),
+            ));
+        }
+    }
+    if let (Some(min), Some(max)) = (options.min, options.max) {
+        if min > max {
+            return Err(invalid_param(
+                "speculative.min",
+                format!("speculative.min ({min}) must not exceed speculative.max ({max})"),
+            ));
+        }
+    }
+    if let Some(p) = options.p_min {
+        // Deserialised as f32: out-of-range JSON numbers arrive as infinity.
+        if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
+            return Err(invalid_param(
+                "speculative.p_min",
+                "speculative.p_min must be a number between 0 and 1",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `messages` as a list of message objects; an error names the message and
+/// what is wrong in the API's terms, not the parser's.
+fn wire_messages(messages: Value) -> Result<Vec<WireMessage>, ApiError> {
+    let Value::Array(items) = messages else {
+        return Err(invalid_param("messages", "`messages` must be an array"));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let param = format!("messages[{i}]");
+            if !item.is_object() {
+                return Err(invalid_param(
+                    &param,
+                    format!("{param} must be an object with `role` and `content`"),
+                ));
+            }
+            serde_json::from_value(item).map_err(|e| invalid_param(&param, format!("{param}: {e}")))
+        })
+        .collect()
 }
 
 enum Input {
@@ -371,7 +417,46 @@ fn parse_common(object: serde_json::Map<String, Value>) -> Result<CommonFields, 
     if !object.contains_key("model") {
         return Err(invalid_param("model", "`model` is required"));
     }
-    serde_json::from_value(Value::Object(object)).map_err(|e| invalid(e.to_string()))
+    // Shapes serde would report with this crate's type names.
+    for (field, shape) in [
+        ("speculative", "an object"),
+        ("stream_options", "an object"),
+        ("stop", "a string or an array of strings"),
+    ] {
+        let fits = match (object.get(field), field) {
+            (None | Some(Value::Null), _) => true,
+            (Some(Value::String(_)), "stop") => true,
+            (Some(Value::Array(items)), "stop") => items.iter().all(Value::is_string),
+            (Some(value), _) => value.is_object() && field != "stop",
+        };
+        if !fits {
+            return Err(invalid_param(field, format!("`{field}` must be {shape}")));
+        }
+    }
+    for field in ["speculative", "stream_options"] {
+        if let Some(value) = object.get(field).filter(|v| v.is_object()) {
+            // Checked alone, so that an error names the field it is in.
+            if let Err(e) = match field {
+                "speculative" => {
+                    serde_json::from_value::<SpeculativeOptions>(value.clone()).map(drop)
+                }
+                _ => serde_json::from_value::<StreamOptions>(value.clone()).map(drop),
+            } {
+                return Err(invalid_param(field, format!("`{field}`: {e}")));
+            }
+        }
+    }
+    serde_json::from_value(Value::Object(object.clone())).map_err(|e| {
+        // Name the field: the first that fails on its own.
+        let field = object.iter().find(|(key, value)| {
+            let alone = serde_json::json!({"model": "", *key: value});
+            serde_json::from_value::<CommonFields>(alone).is_err()
+        });
+        match field {
+            Some((key, _)) => invalid_param(key, format!("`{key}`: {e}")),
+            None => invalid(e.to_string()),
+        }
+    })
 }
 
 fn message_text(content: Value) -> Result<String, ApiError> {
@@ -648,6 +733,68 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn out_of_range_and_misshapen_values_are_refused_by_name() {
+        let with = |extra: &str| {
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],{extra}}}"#)
+        };
+        let cases = [
+            (with(r#""speculative":{"p_min":-1}"#), "speculative.p_min"),
+            (with(r#""speculative":{"p_min":1.5}"#), "speculative.p_min"),
+            (
+                with(r#""speculative":{"p_min":1e308}"#),
+                "speculative.p_min",
+            ),
+            (
+                with(r#""speculative":{"p_min":9223372036854775808}"#),
+                "speculative.p_min",
+            ),
+            (
+                with(r#""speculative":{"min":100,"max":2}"#),
+                "speculative.min",
+            ),
+            (
+                with(r#""speculative":{"min":2147483648}"#),
+                "speculative.min",
+            ),
+            (with(r#""speculative":{"max":65}"#), "speculative.max"),
+            (with(r#""speculative":5"#), "speculative"),
+            (with(r#""speculative":{"maximum":5}"#), "speculative"),
+            (with(r#""stream_options":[]"#), "stream_options"),
+            (with(r#""stop":5"#), "stop"),
+            (with(r#""stop":["a",1]"#), "stop"),
+            (
+                r#"{"model":"m","messages":[[]]}"#.to_string(),
+                "messages[0]",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"},{"content":"y"}]}"#
+                    .to_string(),
+                "messages[1]",
+            ),
+            (r#"{"model":"m","messages":{}}"#.to_string(), "messages"),
+            (with(r#""temperature":"hot""#), "temperature"),
+            (with(r#""max_tokens":1.5"#), "max_tokens"),
+        ];
+        for (body, param) in cases {
+            match chat(&body) {
+                Err(ApiError::InvalidRequest {
+                    param: Some(p),
+                    message,
+                }) => {
+                    assert_eq!(p, param, "{body}");
+                    // No type name of this crate reaches the client.
+                    for internal in ["struct", "enum", "WireMessage", "SpeculativeOptions"] {
+                        assert!(!message.contains(internal), "{body}: {message}");
+                    }
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // In range, they pass.
+        assert!(chat(&with(r#""speculative":{"p_min":0.5,"min":1,"max":4}"#)).is_ok());
     }
 
     #[test]

@@ -4,17 +4,20 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use futures_util::stream::{self, Stream};
+use bytes::{Buf, Bytes};
+use futures_util::stream::{self, Stream, StreamExt};
 use rand::Rng;
 use serde_json::{json, Value};
+use warp::http::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::auth::ApiKeys;
 use super::error::{self, ApiError};
+use super::listener::HttpLimits;
 use super::openai::{self, Endpoint, Usage, ValidatedRequest};
 use super::service::{Generation, Service, Step};
 
@@ -24,7 +27,18 @@ pub const MAX_BODY_BYTES: u64 = 4 << 20;
 /// All routes of the server.
 pub fn routes(
     service: Arc<Service>,
+    limits: HttpLimits,
+    keys: ApiKeys,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    // Checked before the body is read: an unknown client costs nothing.
+    let authorized = warp::header::headers_cloned()
+        .and_then(move |headers: HeaderMap| {
+            let checked = keys
+                .check(headers.get(AUTHORIZATION).map(|v| v.as_bytes()))
+                .map_err(warp::reject::custom);
+            async move { checked }
+        })
+        .untuple_one();
     let with_service = {
         let service = Arc::clone(&service);
         warp::any().map(move || Arc::clone(&service))
@@ -56,6 +70,7 @@ pub fn routes(
         });
     let models = warp::path!("v1" / "models")
         .and(warp::get())
+        .and(authorized.clone())
         .and(with_service.clone())
         .map(|service: Arc<Service>| {
             warp::reply::json(&json!({
@@ -69,14 +84,16 @@ pub fn routes(
             }))
             .into_response()
         });
-    let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
+    let body = json_body(limits.read_timeout);
     let chat = warp::path!("v1" / "chat" / "completions")
         .and(warp::post())
+        .and(authorized.clone())
         .and(with_service.clone())
-        .and(body)
+        .and(body.clone())
         .then(|service, body| generate(service, Endpoint::Chat, body));
     let completions = warp::path!("v1" / "completions")
         .and(warp::post())
+        .and(authorized)
         .and(with_service)
         .and(body)
         .then(|service, body| generate(service, Endpoint::Completions, body));
@@ -95,19 +112,88 @@ pub fn routes(
         .unify()
 }
 
-/// Map warp's own rejections (unknown path, wrong method, body too large).
+/// The body of a generation request: declared as JSON (415 otherwise), at
+/// most [`MAX_BODY_BYTES`] whether its length is announced or it arrives in
+/// chunks (413 past it), and whole within `read_timeout` (408 otherwise).
+fn json_body(read_timeout: Duration) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::body::stream())
+        .and_then(move |headers: HeaderMap, body| async move {
+            check_json_content_type(&headers)?;
+            let announced = headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if announced.is_some_and(|n| n > MAX_BODY_BYTES) {
+                return Err(warp::reject::custom(ApiError::PayloadTooLarge));
+            }
+            tokio::time::timeout(read_timeout, read_limited(body))
+                .await
+                .unwrap_or(Err(ApiError::BodyTimeout(read_timeout.as_secs())))
+                .map_err(warp::reject::custom)
+        })
+}
+
+/// `application/json`, with parameters or not, in any letter case.
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+    let declared = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+    let is_json = declared.is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if is_json {
+        return Ok(());
+    }
+    let got = match declared {
+        Some(v) => format!(" (got `{}`)", v.chars().take(100).collect::<String>()),
+        None => " (got none)".to_string(),
+    };
+    Err(warp::reject::custom(ApiError::UnsupportedMediaType(got)))
+}
+
+/// Collect a body of at most [`MAX_BODY_BYTES`]. Past that, the rest is
+/// read and dropped (up to as much again), so that the client, still
+/// sending, receives the 413 instead of a connection reset.
+async fn read_limited(
+    body: impl Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<Bytes, ApiError> {
+    let mut body = std::pin::pin!(body);
+    let mut collected = Vec::new();
+    let mut received = 0u64;
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| ApiError::InvalidRequest {
+            message: "the request body could not be read".into(),
+            param: None,
+        })?;
+        received += chunk.remaining() as u64;
+        if received > 2 * MAX_BODY_BYTES {
+            break;
+        }
+        if received <= MAX_BODY_BYTES {
+            collected.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+    }
+    if received > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(Bytes::from(collected))
+}
+
+/// Map warp's own rejections (unknown path, wrong method) and ours.
 fn rejected(rejection: Rejection) -> Response {
     let e = if rejection.is_not_found() {
         ApiError::NotFound
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::PayloadTooLarge
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
     } else if let Some(e) = rejection.find::<ApiError>() {
         e.clone()
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge
     } else {
+        // Never a debug string of warp's types in a client's error.
+        tracing::debug!(?rejection, "request refused");
         ApiError::InvalidRequest {
-            message: format!("{rejection:?}"),
+            message: "the request is malformed".into(),
             param: None,
         }
     };

@@ -144,6 +144,12 @@ impl Service {
         self.set_not_ready("the server is shutting down".into());
     }
 
+    /// Generations admitted and not finished (running or waiting).
+    pub fn in_flight(&self) -> usize {
+        (self.config.slots + self.config.max_waiting)
+            .saturating_sub(self.admission.available_permits())
+    }
+
     /// `Ok` when requests can be served, else why not.
     pub fn readiness(&self) -> Result<&Arc<dyn Backend>, ApiError> {
         self.liveness()?;
@@ -300,6 +306,10 @@ pub enum Step {
     },
 }
 
+/// The `status` of `requests_total` for a generation its client abandoned
+/// (a streamed one is also counted under the 200 its response began with).
+pub const CANCELLED: &str = "cancelled";
+
 /// A running generation: its events, its admission permit, and its metrics
 /// bookkeeping. Dropping it cancels the generation and frees its place.
 pub struct Generation {
@@ -407,6 +417,15 @@ impl Drop for Generation {
     fn drop(&mut self) {
         // A client that went away: the events channel closes with us, which
         // cancels the generation in the engine.
+        if self.state != State::Done {
+            self.service.metrics.record_status(CANCELLED);
+            tracing::info!(
+                id = %self.id,
+                language = %self.language,
+                latency_ms = format!("{:.0}", self.accepted_at.elapsed().as_secs_f64() * 1000.0),
+                "request cancelled: the client went away"
+            );
+        }
         self.finish_gauges();
     }
 }
@@ -449,7 +468,11 @@ mod tests {
     #[tokio::test]
     async fn a_failed_engine_fails_readiness_and_liveness() {
         let service = test_service();
-        let routes = crate::server::routes::routes(Arc::clone(&service));
+        let routes = crate::server::routes::routes(
+            Arc::clone(&service),
+            crate::server::listener::HttpLimits::default(),
+            crate::server::auth::ApiKeys::default(),
+        );
         let status = |path: &'static str| {
             let routes = routes.clone();
             async move {

@@ -63,16 +63,17 @@ impl TextAssembler {
         self.release()
     }
 
-    /// Release whatever is held at the end of generation.
+    /// Release whatever is held at the end of generation. The bytes of a
+    /// character the last token left incomplete (generation stopped at
+    /// `max_tokens` inside it) are dropped, not sent as U+FFFD: the text
+    /// ends at the last whole character.
     pub fn finish(&mut self) -> String {
         if self.stopped {
             return String::new();
         }
-        if !self.pending_bytes.is_empty() {
-            let tail = String::from_utf8_lossy(&self.pending_bytes).into_owned();
-            self.held.push_str(&tail);
-            self.pending_bytes.clear();
-        }
+        // Only an incomplete character can be pending: `push` replaces
+        // invalid bytes at once.
+        self.pending_bytes.clear();
         std::mem::take(&mut self.held)
     }
 
@@ -143,6 +144,19 @@ mod tests {
         assert_eq!(first.released, "");
         let (rest, _) = feed(&mut asm, &[&bytes[2..]]);
         assert_eq!(rest, "日本");
+    }
+
+    #[test]
+    fn a_character_cut_by_the_end_of_generation_is_dropped() {
+        // U+202E is three bytes; generation ends after two of them.
+        let bytes = "ok\u{202e}".as_bytes();
+        let mut asm = TextAssembler::new(vec![]);
+        assert_eq!(asm.push(&bytes[..4]).released, "ok");
+        assert_eq!(asm.finish(), "");
+        // Invalid bytes in the middle are still replaced, not dropped.
+        let mut asm = TextAssembler::new(vec![]);
+        let (text, _) = feed(&mut asm, &[b"a\xffb"]);
+        assert_eq!(text, "a\u{fffd}b");
     }
 
     #[test]

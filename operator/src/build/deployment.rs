@@ -9,10 +9,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, HostPathVolumeSource, Lifecycle, LifecycleHandler,
+    EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath, Lifecycle, LifecycleHandler,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecurityContext, SleepAction,
-    Toleration, Volume, VolumeMount,
+    ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, SleepAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -22,8 +22,8 @@ use super::configmap::{configmap_name, REGISTRY_FILE, REGISTRY_MOUNT_DIR};
 use super::Owner;
 use crate::crd::SpeculativeDeploymentSpec;
 use crate::model_source::{MODEL_CACHE_DIR, PVC_SOURCES_DIR};
-use crate::plan::InvalidSpec;
 use crate::plan::Plan;
+use crate::plan::{Download, InvalidSpec};
 
 /// Pod annotation carrying the registry's SHA-256: a registry change
 /// changes the pod template and so rolls the pods.
@@ -118,6 +118,21 @@ fn container_security_context() -> SecurityContext {
     }
 }
 
+/// What the init container fetching `download` runs `specdec` with.
+fn fetch_args(download: &Download) -> Vec<String> {
+    let mut args = vec![
+        "fetch".to_string(),
+        "--url".into(),
+        download.url.clone(),
+        "--sha256".into(),
+        download.sha256.clone(),
+    ];
+    if let Some(size) = download.size_bytes {
+        args.extend(["--size-bytes".into(), size.to_string()]);
+    }
+    args
+}
+
 /// Resources of an init container fetching one model: it streams the file
 /// to the cache, so little memory, and a CPU share for hashing.
 fn fetch_resources() -> ResourceRequirements {
@@ -132,16 +147,11 @@ fn fetch_resources() -> ResourceRequirements {
     }
 }
 
-fn resources(spec: &SpeculativeDeploymentSpec) -> Option<ResourceRequirements> {
+fn resources(spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Option<ResourceRequirements> {
     let mut resources = spec.resources.clone().unwrap_or_default();
     // Models downloaded into an emptyDir fill the node's disk: the scheduler
     // must know how much, or it places the pod where it gets evicted.
-    let cache_limit = spec
-        .model_cache
-        .as_ref()
-        .and_then(|c| c.empty_dir.as_ref())
-        .and_then(|e| e.size_limit.clone());
-    if let Some(limit) = cache_limit {
+    if let Some(limit) = plan.cache_size_limit.clone() {
         resources
             .requests
             .get_or_insert_with(BTreeMap::new)
@@ -181,6 +191,13 @@ fn tolerations(spec: &SpeculativeDeploymentSpec) -> Option<Vec<Toleration>> {
     (!tolerations.is_empty()).then_some(tolerations)
 }
 
+/// Volume of the API keys' Secret.
+const API_KEYS_VOLUME: &str = "api-keys";
+/// Where the server container sees it.
+const API_KEYS_MOUNT_DIR: &str = "/etc/specdec/api-keys";
+/// The file of keys in it.
+const API_KEYS_FILE: &str = "keys";
+
 fn volumes(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Vec<Volume> {
     let mut volumes = vec![Volume {
         name: REGISTRY_VOLUME.into(),
@@ -203,15 +220,30 @@ fn volumes(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Vec<
         None => Volume {
             name: MODEL_CACHE_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: cache
-                    .and_then(|c| c.empty_dir.as_ref())
-                    .and_then(|e| e.size_limit.clone()),
+                size_limit: plan.cache_size_limit.clone(),
                 ..EmptyDirVolumeSource::default()
             }),
             ..Volume::default()
         },
     };
     volumes.push(cache_volume);
+    if let Some(keys) = &spec.api_keys {
+        volumes.push(Volume {
+            name: API_KEYS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(keys.secret_name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: keys.key.clone(),
+                    path: API_KEYS_FILE.into(),
+                    mode: None,
+                }]),
+                // The user and its group (fsGroup) only.
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
     for (i, claim) in plan.source_claims.iter().enumerate() {
         volumes.push(Volume {
             name: format!("source-pvc-{i}"),
@@ -274,13 +306,7 @@ pub fn deployment(
             image: Some(image.to_string()),
             image_pull_policy: pull_policy.clone(),
             command: Some(vec!["specdec".into()]),
-            args: Some(vec![
-                "fetch".into(),
-                "--url".into(),
-                download.url.clone(),
-                "--sha256".into(),
-                download.sha256.clone(),
-            ]),
+            args: Some(fetch_args(download)),
             env: Some(vec![model_dir_env.clone()]),
             volume_mounts: Some(vec![mount(MODEL_CACHE_VOLUME, MODEL_CACHE_DIR, false)]),
             resources: Some(fetch_resources()),
@@ -312,6 +338,19 @@ pub fn deployment(
         }),
         ..EnvVar::default()
     };
+    let mut fixed_env = vec![
+        model_dir_env,
+        env("SPECDEC_SLOTS", spec.server.slots.to_string()),
+        env("SPECDEC_MAX_WAITING", spec.server.max_waiting.to_string()),
+        threads,
+    ];
+    if spec.api_keys.is_some() {
+        fixed_env.push(env(
+            "SPECDEC_API_KEY_FILE",
+            format!("{API_KEYS_MOUNT_DIR}/{API_KEYS_FILE}"),
+        ));
+        mounts.push(mount(API_KEYS_VOLUME, API_KEYS_MOUNT_DIR, true));
+    }
     let server = Container {
         name: SERVER_CONTAINER.into(),
         image: Some(image.to_string()),
@@ -329,12 +368,7 @@ pub fn deployment(
             owner.name.clone(),
         ]),
         env: Some(server_env(
-            vec![
-                model_dir_env,
-                env("SPECDEC_SLOTS", spec.server.slots.to_string()),
-                env("SPECDEC_MAX_WAITING", spec.server.max_waiting.to_string()),
-                threads,
-            ],
+            fixed_env,
             spec.env.as_deref().unwrap_or_default(),
         )),
         env_from: spec.env_from.clone(),
@@ -360,7 +394,7 @@ pub fn deployment(
         startup_probe: Some(probe("/healthz", 5, 120)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
-        resources: resources(spec),
+        resources: resources(spec, plan),
         volume_mounts: Some(mounts),
         security_context: Some(container_security_context()),
         ..Container::default()
@@ -454,6 +488,53 @@ mod tests {
             .join("\n");
         assert!(args.contains(spec.target.model.sha256.as_deref().unwrap()));
         assert!(args.contains("fetch --url https://"));
+        assert!(args.contains("--size-bytes 1117320768"), "{args}");
+    }
+
+    #[test]
+    fn api_keys_are_mounted_from_their_secret_for_the_server_only() {
+        let mut spec = sample_spec();
+        assert!(pod(&spec)
+            .volumes
+            .unwrap()
+            .iter()
+            .all(|v| v.secret.is_none()));
+        spec.api_keys = Some(crate::crd::ApiKeysSecret {
+            secret_name: "llm-keys".into(),
+            key: "api-keys".into(),
+        });
+        let pod = pod(&spec);
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == API_KEYS_VOLUME)
+            .unwrap();
+        let secret = volume.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("llm-keys"));
+        assert_eq!(secret.items.unwrap()[0].key, "api-keys");
+        let server = &pod.containers[0];
+        let file = server
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "SPECDEC_API_KEY_FILE")
+            .and_then(|e| e.value.clone())
+            .unwrap();
+        assert_eq!(file, format!("{API_KEYS_MOUNT_DIR}/{API_KEYS_FILE}"));
+        assert!(server
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == API_KEYS_VOLUME && m.read_only == Some(true)));
+        // The init containers that fetch models never see the keys.
+        for init in pod.init_containers.unwrap() {
+            assert!(init
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != API_KEYS_VOLUME));
+        }
     }
 
     #[test]
@@ -481,14 +562,25 @@ mod tests {
             );
         }
         assert!(init.iter().all(|c| c.resources.is_some()));
-        // The sample's emptyDir cache limit is requested as node disk.
+        // The sample's emptyDir cache is limited to its models' sizes, and
+        // that is requested as node disk.
         let requests = pod.containers[0]
             .resources
             .clone()
             .unwrap()
             .requests
             .unwrap();
-        assert_eq!(requests[EPHEMERAL_STORAGE], Quantity("4Gi".into()));
+        assert_eq!(requests[EPHEMERAL_STORAGE], Quantity("1629Mi".into()));
+        let cache = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == MODEL_CACHE_VOLUME)
+            .unwrap();
+        assert_eq!(
+            cache.empty_dir.unwrap().size_limit,
+            Some(Quantity("1629Mi".into()))
+        );
         let server = &pod.containers[0];
         let pre_stop = server.lifecycle.clone().unwrap().pre_stop.unwrap();
         assert_eq!(pre_stop.sleep.unwrap().seconds, PRE_STOP_DRAIN_SECONDS);
@@ -555,7 +647,13 @@ mod tests {
         spec.resources = None;
         spec.model_cache = None;
         let pod = super::tests::pod(&spec);
-        assert!(pod.containers[0].resources.is_none());
+        // Only the disk of the default emptyDir cache, sized from the models.
+        let resources = pod.containers[0].resources.clone().unwrap();
+        assert_eq!(resources.limits, None);
+        assert_eq!(
+            resources.requests.unwrap().into_keys().collect::<Vec<_>>(),
+            [EPHEMERAL_STORAGE]
+        );
         assert!(pod.tolerations.is_none());
     }
 
