@@ -343,6 +343,28 @@ def test_a_thousand_hostile_requests_get_error_objects_or_answers_and_break_noth
     assert "specdec_num_requests_running 0" in metrics and "specdec_num_requests_waiting 0" in metrics
 
 
+def test_a_client_expecting_100_continue_gets_it_and_then_its_answer(server):
+    """curl and others ask before sending a large body: the interim 100 is
+    not mistaken for a response of the HTTP layer's own."""
+    payload = json.dumps(body(user="u" * 2000)).encode()
+    s = connect(server.url)
+    try:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: "
+                  + str(len(payload)).encode() + b"\r\n\r\n")
+        s.settimeout(30)
+        interim = s.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        s.sendall(payload)
+        closed, sent = closed_within(s, 120)
+    finally:
+        s.close()
+    assert closed
+    head, _, answer = sent.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), sent[:500]
+    assert json.loads(answer)["choices"][0]["message"]["content"]
+
+
 POST_HEAD = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 UNPARSABLE = [
     ("uri too long", "GET /" + "a" * 70_000 + " HTTP/1.1\r\nHost: x\r\n\r\n"),

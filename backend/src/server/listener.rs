@@ -174,6 +174,11 @@ impl ErrorBodies {
     }
 }
 
+/// Whether `head` is an informational (1xx) response.
+fn is_interim(head: &[u8]) -> bool {
+    head.get(9) == Some(&b'1')
+}
+
 /// The response that replaces hyper's bare `head`, or `None` when `head` is
 /// not a status line.
 fn with_error_object(head: &[u8]) -> Option<Vec<u8>> {
@@ -230,7 +235,9 @@ impl AsyncWrite for ErrorBodies {
         ready!(self.poll_pending(cx))?;
         // No body the routes send starts like a status line (they are JSON,
         // server-sent events or text), so this is the start of a response.
-        if buf.starts_with(b"HTTP/1.") {
+        // An interim `100 Continue` precedes the response of a routed
+        // request: it is neither that response nor one of hyper's own.
+        if buf.starts_with(b"HTTP/1.") && !is_interim(buf) {
             if self.routed.load(Ordering::SeqCst) > self.answered {
                 self.answered += 1;
             } else if let Some(replacement) = with_error_object(buf) {
@@ -272,6 +279,8 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("headers"));
+        assert!(is_interim(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(!is_interim(bare));
         assert!(with_error_object(b"HTTP/1.1 abc").is_none());
         assert!(with_error_object(b"HTTP").is_none());
     }
