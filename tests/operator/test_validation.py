@@ -16,6 +16,16 @@ def sample() -> dict:
     return yaml.safe_load(SAMPLE.read_text())
 
 
+def apply_sample(cluster, ns: str, name: str, replicas: int, **spec):
+    """Apply the sample in `ns` as `name`, with `replicas` and the given spec
+    fields."""
+    obj = sample()
+    obj["metadata"]["name"] = name
+    obj["spec"]["replicas"] = replicas
+    obj["spec"].update(spec)
+    cluster("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(obj))
+
+
 def with_duplicate_name(obj):
     obj["spec"]["drafters"][1]["name"] = obj["spec"]["drafters"][0]["name"]
 
@@ -87,11 +97,8 @@ def test_the_valid_sample_is_accepted(cluster, namespace):
 
 
 def test_missing_claim_is_degraded_with_an_event_then_recovers(cluster, operator, namespace):
-    obj = sample()
-    obj["metadata"]["name"] = "cached"
-    obj["spec"]["replicas"] = 1
-    obj["spec"]["modelCache"] = {"persistentVolumeClaim": {"claimName": "model-cache"}}
-    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+    apply_sample(cluster, namespace, "cached", 1,
+                 modelCache={"persistentVolumeClaim": {"claimName": "model-cache"}})
 
     c = wait_degraded(cluster, namespace, "cached")
     assert c["reason"] == "MissingPersistentVolumeClaim"
@@ -140,11 +147,8 @@ def test_a_read_write_once_cache_for_several_replicas_is_degraded(cluster, opera
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Gi"}}},
     }
     cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(claim))
-    obj = sample()
-    obj["metadata"]["name"] = "shared"
-    obj["spec"]["replicas"] = 2
-    obj["spec"]["modelCache"] = {"persistentVolumeClaim": {"claimName": "model-cache"}}
-    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+    apply_sample(cluster, namespace, "shared", 2,
+                 modelCache={"persistentVolumeClaim": {"claimName": "model-cache"}})
 
     c = wait_degraded(cluster, namespace, "shared")
     assert c["reason"] == "ModelCacheNotShared", c
@@ -162,10 +166,7 @@ def test_an_empty_dir_cache_is_sized_from_the_models_or_refused_when_too_small(
     """The sample declares its models' sizes: the emptyDir cache is limited
     to fit them, that is requested as node disk, and each download is
     bounded by its size; a given limit below the models' total is Degraded."""
-    obj = sample()
-    obj["metadata"]["name"] = "sized"
-    obj["spec"]["replicas"] = 1
-    cluster("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+    apply_sample(cluster, namespace, "sized", 1)
     wait_for("the Deployment", lambda: cluster.exists("deployment", "sized", "-n", namespace), timeout=30)
     pod = cluster.json("get", "deployment", "sized", "-n", namespace)["spec"]["template"]["spec"]
     cache = next(v for v in pod["volumes"] if "emptyDir" in v)

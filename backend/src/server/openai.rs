@@ -433,24 +433,15 @@ fn parse_common(object: serde_json::Map<String, Value>) -> Result<CommonFields, 
             return Err(invalid_param(field, format!("`{field}` must be {shape}")));
         }
     }
-    for field in ["speculative", "stream_options"] {
-        if let Some(value) = object.get(field).filter(|v| v.is_object()) {
-            // Checked alone, so that an error names the field it is in.
-            if let Err(e) = match field {
-                "speculative" => {
-                    serde_json::from_value::<SpeculativeOptions>(value.clone()).map(drop)
-                }
-                _ => serde_json::from_value::<StreamOptions>(value.clone()).map(drop),
-            } {
-                return Err(invalid_param(field, format!("`{field}`: {e}")));
-            }
-        }
-    }
-    serde_json::from_value(Value::Object(object.clone())).map_err(|e| {
+    // Read in place, not from a copy: only a refused body pays for more.
+    let body = Value::Object(object);
+    CommonFields::deserialize(&body).map_err(|e| {
         // Name the field: the first that fails on its own.
-        let field = object.iter().find(|(key, value)| {
-            let alone = serde_json::json!({"model": "", *key: value});
-            serde_json::from_value::<CommonFields>(alone).is_err()
+        let field = body.as_object().and_then(|fields| {
+            fields.iter().find(|(key, value)| {
+                let alone = serde_json::json!({"model": "", *key: value});
+                CommonFields::deserialize(&alone).is_err()
+            })
         });
         match field {
             Some((key, _)) => invalid_param(key, format!("`{key}`: {e}")),
