@@ -45,6 +45,10 @@ struct FetchArgs {
     /// other size fails like a checksum mismatch.
     #[arg(long)]
     size_bytes: Option<u64>,
+    /// PEM bundle of the certificate authorities to trust for `https://`, in
+    /// place of the public web's roots (a model server with a private CA).
+    #[arg(long, env = "SPECDEC_FETCH_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Directory to store the file in (default: the model directory).
     #[arg(long, env = "SPECDEC_MODEL_DIR")]
     dir: Option<PathBuf>,
@@ -215,7 +219,12 @@ fn init_tracing() {
 
 fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     let dir = args.dir.unwrap_or_else(models::model_dir);
-    let (path, outcome) = crate::fetch::fetch(&args.url, &args.sha256, args.size_bytes, &dir)?;
+    let roots = match &args.ca_file {
+        Some(path) => crate::fetch::TrustedRoots::from_pem_file(path)?,
+        None => crate::fetch::TrustedRoots::Public,
+    };
+    let (path, outcome) =
+        crate::fetch::fetch(&args.url, &args.sha256, args.size_bytes, &dir, &roots)?;
     match outcome {
         crate::fetch::FetchOutcome::Downloaded { bytes } => {
             println!(

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 /// Attempts per download before giving up on transport errors.
 const ATTEMPTS: u32 = 3;
@@ -87,6 +88,51 @@ pub enum FetchError {
     },
 }
 
+/// The certificate authorities an `https://` download trusts.
+#[derive(Debug, Clone, Default)]
+pub enum TrustedRoots {
+    /// The public web's roots (Mozilla's list, built in).
+    #[default]
+    Public,
+    /// Only the certificates of a PEM bundle, as `curl --cacert` does: a
+    /// model server signed by a private CA. A bundle that should reach public
+    /// hosts too includes their roots.
+    Bundle(Vec<Certificate<'static>>),
+}
+
+impl TrustedRoots {
+    /// The certificates of the PEM file at `path`; refused when it cannot be
+    /// read or holds no certificate, before anything is downloaded.
+    pub fn from_pem_file(path: &Path) -> Result<Self, FetchError> {
+        let pem = std::fs::read(path).map_err(|source| FetchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |why: String| {
+            FetchError::InvalidArgument(format!("CA bundle {}: {why}", path.display()))
+        };
+        let mut certificates = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item.map_err(|e| invalid(e.to_string()))? {
+                PemItem::Certificate(certificate) => certificates.push(certificate),
+                _ => return Err(invalid("holds something other than certificates".into())),
+            }
+        }
+        if certificates.is_empty() {
+            return Err(invalid("holds no PEM certificate".into()));
+        }
+        Ok(Self::Bundle(certificates))
+    }
+
+    fn tls_config(&self) -> TlsConfig {
+        let roots = match self {
+            Self::Public => RootCerts::WebPki,
+            Self::Bundle(certificates) => RootCerts::new_with_certs(certificates),
+        };
+        TlsConfig::builder().root_certs(roots).build()
+    }
+}
+
 /// What [`fetch`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchOutcome {
@@ -129,13 +175,14 @@ pub fn parse_sha256(sha256: &str) -> Result<String, FetchError> {
 }
 
 /// Download `url` into `dir` under its file name, verifying `sha256` and,
-/// when given, `size` (in bytes; a larger download is stopped at that size).
-/// Returns the file's path and what was done.
+/// when given, `size` (in bytes; a larger download is stopped at that size),
+/// over TLS that trusts `roots`. Returns the file's path and what was done.
 pub fn fetch(
     url: &str,
     sha256: &str,
     size: Option<u64>,
     dir: &Path,
+    roots: &TrustedRoots,
 ) -> Result<(PathBuf, FetchOutcome), FetchError> {
     let expected = parse_sha256(sha256)?;
     let name = file_name_of(url)?;
@@ -183,7 +230,7 @@ pub fn fetch(
     let partial = dir.join(format!(".{name}.{}.partial", std::process::id()));
     let mut last_error = None;
     for attempt in 1..=ATTEMPTS {
-        match download(url, &partial, size) {
+        match download(url, &partial, size, roots) {
             Ok((bytes, actual)) => {
                 if let Some(expected) = size.filter(|&expected| expected != bytes) {
                     let _ = std::fs::remove_file(&partial);
@@ -257,7 +304,12 @@ fn write_record(record: &Path, file: &Path, sha256: &str) {
 
 /// Stream `url` into `path`, hashing on the way, stopping past `limit`
 /// bytes. Returns size and SHA-256.
-fn download(url: &str, path: &Path, limit: Option<u64>) -> Result<(u64, String), FetchError> {
+fn download(
+    url: &str,
+    path: &Path,
+    limit: Option<u64>,
+    roots: &TrustedRoots,
+) -> Result<(u64, String), FetchError> {
     let transport = |message: String| FetchError::Transport {
         url: url.to_string(),
         message,
@@ -265,6 +317,7 @@ fn download(url: &str, path: &Path, limit: Option<u64>) -> Result<(u64, String),
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_body(None)
+        .tls_config(roots.tls_config())
         .build()
         .into();
     let mut response = agent.get(url).call().map_err(|e| match e {

@@ -14,6 +14,17 @@ use crate::crd::SpeculativeDeployment;
 use crate::leader::{LeaderElector, Leadership, LeaseSettings};
 use crate::metrics::Metrics;
 
+/// The model-server image of this version for CPUs, as `scripts/images`
+/// tags it: what a SpeculativeDeployment that names no image runs.
+pub const DEFAULT_SERVER_IMAGE: &str =
+    concat!("ghcr.io/specdec/specdec:", env!("CARGO_PKG_VERSION"));
+/// The CUDA build of the same, for a SpeculativeDeployment with `gpus`.
+pub const DEFAULT_CUDA_SERVER_IMAGE: &str = concat!(
+    "ghcr.io/specdec/specdec:",
+    env!("CARGO_PKG_VERSION"),
+    "-cuda"
+);
+
 /// Kubernetes operator for SpeculativeDeployment resources.
 #[derive(Debug, Parser)]
 #[command(name = "specdec-operator", version, about)]
@@ -65,10 +76,10 @@ struct RunArgs {
     #[arg(long, env = "SPECDEC_RESYNC_INTERVAL", default_value_t = 300)]
     resync_interval: u64,
     /// Image of the server when a spec names none.
-    #[arg(long, env = "SPECDEC_DEFAULT_IMAGE", default_value = concat!("ghcr.io/specdec/specdec:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "SPECDEC_DEFAULT_IMAGE", default_value = DEFAULT_SERVER_IMAGE)]
     default_image: String,
     /// Image of the server when a spec names none and asks for GPUs.
-    #[arg(long, env = "SPECDEC_DEFAULT_CUDA_IMAGE", default_value = concat!("ghcr.io/specdec/specdec:", env!("CARGO_PKG_VERSION"), "-cuda"))]
+    #[arg(long, env = "SPECDEC_DEFAULT_CUDA_IMAGE", default_value = DEFAULT_CUDA_SERVER_IMAGE)]
     default_cuda_image: String,
     /// Seconds to wait for one pod's `/metrics`.
     #[arg(long, env = "SPECDEC_SCRAPE_TIMEOUT", default_value_t = 2)]

@@ -113,6 +113,11 @@ pub struct SpeculativeDeploymentSpec {
     /// Health, readiness and metrics stay open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<ApiKeysSecret>,
+    /// Certificate authorities that `https://` model downloads trust, in
+    /// place of the public web's roots: for a model server whose
+    /// certificate a private CA signed.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "modelCA")]
+    pub model_ca: Option<CaBundleConfigMap>,
     /// PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
@@ -176,6 +181,23 @@ pub struct ApiKeysSecret {
 
 fn default_api_keys_item() -> String {
     "api-keys".into()
+}
+
+/// A ConfigMap of the namespace holding PEM certificates.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleConfigMap {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map_name: String,
+    /// Its item holding the certificates (PEM).
+    #[serde(default = "default_ca_bundle_item")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_bundle_item() -> String {
+    "ca.crt".into()
 }
 
 impl SpeculativeDeploymentSpec {

@@ -1,7 +1,7 @@
 //! The status a reconcile publishes: a pure function of what it observed.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{LanguageAcceptance, SpeculativeDeploymentStatus};
@@ -42,9 +42,35 @@ pub struct PodProblem {
 fn container_problem(pod: &str, init: bool, c: &ContainerStatus) -> Option<PodProblem> {
     let state = c.state.as_ref()?;
     let kind = if init { "init container" } else { "container" };
+    // A failed init container is restarted with a back-off: while it waits,
+    // why it failed is in its last state, which is what a user needs to see
+    // (a download's HTTP status, a checksum mismatch), not "back-off".
+    let failed_init = |t: &ContainerStateTerminated, waiting: Option<&str>| PodProblem {
+        pod: pod.into(),
+        reason: "InitContainerFailed".into(),
+        message: format!(
+            "pod {pod}, init container {} exited with {}: {}{}",
+            c.name,
+            t.exit_code,
+            t.message
+                .as_deref()
+                .map(str::trim)
+                .or(t.reason.as_deref())
+                .unwrap_or("no message"),
+            waiting.map(|w| format!(" ({w})")).unwrap_or_default()
+        ),
+    };
     if let Some(waiting) = &state.waiting {
         let reason = waiting.reason.as_deref().unwrap_or_default();
         if FAILING_WAIT_REASONS.contains(&reason) {
+            let last_failure = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .filter(|t| init && t.exit_code != 0);
+            if let Some(t) = last_failure {
+                return Some(failed_init(t, Some(reason)));
+            }
             let detail = waiting.message.as_deref().unwrap_or("no message");
             return Some(PodProblem {
                 pod: pod.into(),
@@ -56,19 +82,7 @@ fn container_problem(pod: &str, init: bool, c: &ContainerStatus) -> Option<PodPr
     match &state.terminated {
         // An init container that failed is retried (or fails the pod): the
         // server never starts until it succeeds.
-        Some(t) if init && t.exit_code != 0 => Some(PodProblem {
-            pod: pod.into(),
-            reason: "InitContainerFailed".into(),
-            message: format!(
-                "pod {pod}, init container {} exited with {}: {}",
-                c.name,
-                t.exit_code,
-                t.message
-                    .as_deref()
-                    .or(t.reason.as_deref())
-                    .unwrap_or("no message")
-            ),
-        }),
+        Some(t) if init && t.exit_code != 0 => Some(failed_init(t, None)),
         _ => None,
     }
 }
@@ -604,6 +618,34 @@ mod tests {
         assert!(problems[1]
             .message
             .contains("init container fetch-0 exited with 1"));
+    }
+
+    #[test]
+    fn an_init_container_in_back_off_is_reported_with_why_it_failed() {
+        let mut fetch = waiting("fetch-0", "CrashLoopBackOff");
+        fetch.last_state = Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 1,
+                reason: Some("Error".into()),
+                message: Some(
+                    "error: downloading https://m/t.gguf: the server answered HTTP 404\n".into(),
+                ),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        });
+        let problems = pod_problems(&[pod(
+            "a",
+            vec![fetch],
+            vec![waiting("server", "PodInitializing")],
+        )]);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].reason, "InitContainerFailed");
+        assert_eq!(
+            problems[0].message,
+            "pod a, init container fetch-0 exited with 1: error: downloading \
+             https://m/t.gguf: the server answered HTTP 404 (CrashLoopBackOff)"
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port, specdec_binary
+from conftest import REPO, free_port, specdec_binary
+
+sys.path.insert(0, str(REPO / "tests" / "support"))
+from https_server import make_certificates  # noqa: E402
 
 
 @pytest.fixture
@@ -35,6 +38,34 @@ def http_server(tmp_path):
             import time
             time.sleep(0.1)
     yield url, payload
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def https_server(tmp_path):
+    """A model store whose certificate a private CA signed; yields its URL,
+    the file it serves and the CA's certificate."""
+    root = tmp_path / "www-tls"
+    (root / "models").mkdir(parents=True)
+    payload = os.urandom(1024 * 1024 + 5)
+    (root / "models" / "tiny.gguf").write_bytes(payload)
+    ca, cert, key = make_certificates(tmp_path / "pki", "127.0.0.1")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "support" / "https_server.py"), "--root", str(root),
+         "--bind", "127.0.0.1", "--port", str(port), "--cert", str(cert), "--key", str(key)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"https://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(url, timeout=1, verify=str(ca))
+            break
+        except requests.ConnectionError:
+            import time
+            time.sleep(0.1)
+    yield url, payload, ca
     process.terminate()
     process.wait(timeout=10)
 
@@ -92,6 +123,31 @@ def test_a_declared_size_bounds_the_download(http_server, tmp_path):
     assert [p.name for p in dest.iterdir()] == [".tiny.gguf.lock"]
     exact = fetch(model, sha, dest, "--size-bytes", str(len(payload)))
     assert exact.returncode == 0 and "downloaded" in exact.stdout, exact.stderr
+    assert (dest / "tiny.gguf").read_bytes() == payload
+
+
+def test_a_private_ca_is_trusted_only_when_given(https_server, tmp_path):
+    """An https:// model store signed by a private CA: refused with the
+    public roots, downloaded with its CA bundle; a bundle without a
+    certificate is refused before anything is downloaded."""
+    url, payload, ca = https_server
+    sha = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "cache"
+    model = f"{url}/models/tiny.gguf"
+    untrusted = fetch(model, sha, dest)
+    assert untrusted.returncode != 0
+    assert "certificate" in untrusted.stderr.lower() or "UnknownIssuer" in untrusted.stderr, untrusted.stderr
+    assert not (dest / "tiny.gguf").exists()
+    not_a_bundle = tmp_path / "empty.pem"
+    not_a_bundle.write_text("no certificates here\n")
+    refused = fetch(model, sha, dest, "--ca-file", str(not_a_bundle))
+    assert refused.returncode != 0
+    assert f"CA bundle {not_a_bundle}: holds no PEM certificate" in refused.stderr
+    trusted = subprocess.run(
+        [str(specdec_binary()), "fetch", "--url", model, "--sha256", sha, "--dir", str(dest)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "SPECDEC_FETCH_CA_FILE": str(ca)},
+    )
+    assert trusted.returncode == 0 and "downloaded" in trusted.stdout, trusted.stderr
     assert (dest / "tiny.gguf").read_bytes() == payload
 
 

@@ -82,6 +82,9 @@ fn strategy(spec: &SpeculativeDeploymentSpec) -> Option<DeploymentStrategy> {
 const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 /// Name of the container running `specdec serve`.
 const SERVER_CONTAINER: &str = "server";
+/// Termination message policy: the log's tail when the container failed
+/// without writing a message of its own.
+const FALLBACK_TO_LOGS_ON_ERROR: &str = "FallbackToLogsOnError";
 /// Seconds a terminating pod keeps serving before SIGTERM.
 const PRE_STOP_DRAIN_SECONDS: i64 = 5;
 
@@ -191,6 +194,13 @@ fn tolerations(spec: &SpeculativeDeploymentSpec) -> Option<Vec<Toleration>> {
     (!tolerations.is_empty()).then_some(tolerations)
 }
 
+/// Volume of the model downloads' CA bundle.
+const MODEL_CA_VOLUME: &str = "model-ca";
+/// Where the init containers see it.
+const MODEL_CA_MOUNT_DIR: &str = "/etc/specdec/model-ca";
+/// The bundle's file in it.
+const MODEL_CA_FILE: &str = "ca.crt";
+
 /// Volume of the API keys' Secret.
 const API_KEYS_VOLUME: &str = "api-keys";
 /// Where the server container sees it.
@@ -240,6 +250,22 @@ fn volumes(owner: &Owner, spec: &SpeculativeDeploymentSpec, plan: &Plan) -> Vec<
                 // The user and its group (fsGroup) only.
                 default_mode: Some(0o440),
                 optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(ca) = &spec.model_ca {
+        volumes.push(Volume {
+            name: MODEL_CA_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ca.config_map_name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: MODEL_CA_FILE.into(),
+                    mode: None,
+                }]),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
         });
@@ -297,6 +323,16 @@ pub fn deployment(
         value: Some(MODEL_CACHE_DIR.into()),
         ..EnvVar::default()
     };
+    let mut fetch_env = vec![model_dir_env.clone()];
+    let mut fetch_mounts = vec![mount(MODEL_CACHE_VOLUME, MODEL_CACHE_DIR, false)];
+    if spec.model_ca.is_some() {
+        fetch_env.push(EnvVar {
+            name: "SPECDEC_FETCH_CA_FILE".into(),
+            value: Some(format!("{MODEL_CA_MOUNT_DIR}/{MODEL_CA_FILE}")),
+            ..EnvVar::default()
+        });
+        fetch_mounts.push(mount(MODEL_CA_VOLUME, MODEL_CA_MOUNT_DIR, true));
+    }
     let init_containers: Vec<Container> = plan
         .downloads
         .iter()
@@ -307,10 +343,13 @@ pub fn deployment(
             image_pull_policy: pull_policy.clone(),
             command: Some(vec!["specdec".into()]),
             args: Some(fetch_args(download)),
-            env: Some(vec![model_dir_env.clone()]),
-            volume_mounts: Some(vec![mount(MODEL_CACHE_VOLUME, MODEL_CACHE_DIR, false)]),
+            env: Some(fetch_env.clone()),
+            volume_mounts: Some(fetch_mounts.clone()),
             resources: Some(fetch_resources()),
             security_context: Some(container_security_context()),
+            // A failed download's last log lines become the container's
+            // termination message, which the status and Events then quote.
+            termination_message_policy: Some(FALLBACK_TO_LOGS_ON_ERROR.into()),
             ..Container::default()
         })
         .collect();
@@ -372,6 +411,7 @@ pub fn deployment(
             spec.env.as_deref().unwrap_or_default(),
         )),
         env_from: spec.env_from.clone(),
+        termination_message_policy: Some(FALLBACK_TO_LOGS_ON_ERROR.into()),
         // Endpoints take a few seconds to drop a terminating pod: it keeps
         // serving meanwhile, then SIGTERM lets in-flight requests finish.
         lifecycle: Some(Lifecycle {
@@ -489,6 +529,55 @@ mod tests {
         assert!(args.contains(spec.target.model.sha256.as_deref().unwrap()));
         assert!(args.contains("fetch --url https://"));
         assert!(args.contains("--size-bytes 1117320768"), "{args}");
+    }
+
+    #[test]
+    fn a_model_ca_is_given_to_the_downloads_only() {
+        let mut spec = sample_spec();
+        let init = pod(&spec).init_containers.unwrap();
+        assert!(init[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "SPECDEC_FETCH_CA_FILE"));
+        assert_eq!(
+            init[0].termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        spec.model_ca = Some(crate::crd::CaBundleConfigMap {
+            config_map_name: "internal-ca".into(),
+            key: "ca.crt".into(),
+        });
+        let pod = pod(&spec);
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == MODEL_CA_VOLUME)
+            .unwrap();
+        let config_map = volume.config_map.unwrap();
+        assert_eq!(config_map.name, "internal-ca");
+        assert_eq!(config_map.items.unwrap()[0].key, "ca.crt");
+        for init in pod.init_containers.unwrap() {
+            let file = init
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "SPECDEC_FETCH_CA_FILE")
+                .and_then(|e| e.value.clone())
+                .unwrap();
+            assert_eq!(file, format!("{MODEL_CA_MOUNT_DIR}/{MODEL_CA_FILE}"));
+            assert!(init
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == MODEL_CA_VOLUME && m.read_only == Some(true)));
+        }
+        assert!(pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != MODEL_CA_VOLUME));
     }
 
     #[test]
