@@ -4,35 +4,19 @@ nothing: scripts/images builds the images they check."""
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
-CPU_IMAGE = f"ghcr.io/specdec/specdec:{VERSION}"
-OPERATOR_IMAGE = f"ghcr.io/specdec/specdec-operator:{VERSION}"
-# The user the images run as (and the operator's pods).
-RUN_AS = "65532:65532"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from containers import (CONTAINER_LIMITS, CPU_IMAGE, OPERATOR_IMAGE, REPO, RUN_AS,  # noqa: E402,F401
+                        VERSION, inspect_image, podman)
+
 OCI_LABELS = ("title", "description", "licenses", "source", "version", "revision")
-
-# As in scripts/images: runc and cgroupfs work wherever podman does; explicit
-# limits, since inherited ones above the host's make a container fail to start.
-PODMAN = ["podman", *shlex.split(os.environ.get(
-    "SPECDEC_PODMAN_FLAGS", "--runtime runc --cgroup-manager cgroupfs"))]
-CONTAINER_LIMITS = ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=16384:16384"]
-
-
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*PODMAN, *args], capture_output=True, text=True,
-                          check=check, timeout=timeout)
 
 
 def free_port() -> int:
@@ -43,10 +27,10 @@ def free_port() -> int:
 
 def require_image(name: str, which: str) -> dict:
     """The image's `podman image inspect` record; the test fails when it is missing."""
-    found = podman("image", "exists", name, check=False)
-    if found.returncode != 0:
-        pytest.fail(f"image {name} missing: run scripts/images {which} first")
-    return json.loads(podman("image", "inspect", name).stdout)[0]
+    try:
+        return inspect_image(name, which)
+    except AssertionError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -30,12 +30,12 @@ import yaml
 from conftest import CLUSTER, REPO, TEST_NAMESPACE_LABEL, condition, target_dir, terminate, wait_for
 
 sys.path.insert(0, str(REPO / "tests" / "support"))
+from containers import CPU_IMAGE, VERSION, inspect_image  # noqa: E402
 from https_server import make_certificates  # noqa: E402
 
-VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 #: The image the operator gives a CPU SpeculativeDeployment that names none
-#: (its --default-image), as scripts/images tags it.
-SERVER_IMAGE = f"ghcr.io/specdec/specdec:{VERSION}"
+#: (its --default-image).
+SERVER_IMAGE = CPU_IMAGE
 #: The real node, and how a pod asks for it: the node is tainted so that the
 #: other tests' pods stay on the fake nodes.
 REAL_NODE_LABEL = ("specdec.io/node-kind", "real")
@@ -76,8 +76,7 @@ def real_node(cluster):
     ready = condition(node, "Ready")
     assert ready.get("status") == "True", f"node {node['metadata']['name']} is not Ready: {ready}"
     address = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
-    present = subprocess.run(["podman", "image", "exists", SERVER_IMAGE])
-    assert present.returncode == 0, f"no image {SERVER_IMAGE}: run scripts/images cpu first"
+    inspect_image(SERVER_IMAGE, "cpu")
     imported = subprocess.run([str(CLUSTER / "import-images"), SERVER_IMAGE],
                               capture_output=True, text=True, timeout=900)
     assert imported.returncode == 0, imported.stderr[-3000:]
