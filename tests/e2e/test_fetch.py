@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ from conftest import REPO, free_port, specdec_binary
 
 sys.path.insert(0, str(REPO / "tests" / "support"))
 from https_server import make_certificates  # noqa: E402
+
+
+def wait_until_serving(url: str, **get_options):
+    """Wait (up to 10 s) until the server at `url` accepts connections."""
+    for _ in range(100):
+        try:
+            requests.get(url, timeout=1, **get_options)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -30,13 +41,7 @@ def http_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(url, timeout=1)
-            break
-        except requests.ConnectionError:
-            import time
-            time.sleep(0.1)
+    wait_until_serving(url)
     yield url, payload
     process.terminate()
     process.wait(timeout=10)
@@ -58,13 +63,7 @@ def https_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"https://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(url, timeout=1, verify=str(ca))
-            break
-        except requests.ConnectionError:
-            import time
-            time.sleep(0.1)
+    wait_until_serving(url, verify=str(ca))
     yield url, payload, ca
     process.terminate()
     process.wait(timeout=10)

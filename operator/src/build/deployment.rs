@@ -515,6 +515,44 @@ mod tests {
             .unwrap()
     }
 
+    /// The volume of `pod` named `name`.
+    fn volume(pod: &PodSpec, name: &str) -> Volume {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    }
+
+    /// The value `container` gives variable `name`.
+    fn env_value(container: &Container, name: &str) -> Option<String> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    /// Whether `container` mounts volume `name` read-only.
+    fn mounts_read_only(container: &Container, name: &str) -> bool {
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == name && m.read_only == Some(true))
+    }
+
+    /// Whether `container` mounts volume `name` at all.
+    fn mounts(container: &Container, name: &str) -> bool {
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == name)
+    }
+
     #[test]
     fn fetches_https_models_with_their_checksums() {
         let spec = sample_spec();
@@ -535,11 +573,7 @@ mod tests {
     fn a_model_ca_is_given_to_the_downloads_only() {
         let mut spec = sample_spec();
         let init = pod(&spec).init_containers.unwrap();
-        assert!(init[0]
-            .env
-            .iter()
-            .flatten()
-            .all(|e| e.name != "SPECDEC_FETCH_CA_FILE"));
+        assert_eq!(env_value(&init[0], "SPECDEC_FETCH_CA_FILE"), None);
         assert_eq!(
             init[0].termination_message_policy.as_deref(),
             Some("FallbackToLogsOnError")
@@ -549,35 +583,17 @@ mod tests {
             key: "ca.crt".into(),
         });
         let pod = pod(&spec);
-        let volume = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == MODEL_CA_VOLUME)
-            .unwrap();
-        let config_map = volume.config_map.unwrap();
+        let config_map = volume(&pod, MODEL_CA_VOLUME).config_map.unwrap();
         assert_eq!(config_map.name, "internal-ca");
         assert_eq!(config_map.items.unwrap()[0].key, "ca.crt");
-        for init in pod.init_containers.unwrap() {
-            let file = init
-                .env
-                .iter()
-                .flatten()
-                .find(|e| e.name == "SPECDEC_FETCH_CA_FILE")
-                .and_then(|e| e.value.clone())
-                .unwrap();
-            assert_eq!(file, format!("{MODEL_CA_MOUNT_DIR}/{MODEL_CA_FILE}"));
-            assert!(init
-                .volume_mounts
-                .iter()
-                .flatten()
-                .any(|m| m.name == MODEL_CA_VOLUME && m.read_only == Some(true)));
+        for init in pod.init_containers.iter().flatten() {
+            assert_eq!(
+                env_value(init, "SPECDEC_FETCH_CA_FILE"),
+                Some(format!("{MODEL_CA_MOUNT_DIR}/{MODEL_CA_FILE}"))
+            );
+            assert!(mounts_read_only(init, MODEL_CA_VOLUME));
         }
-        assert!(pod.containers[0]
-            .volume_mounts
-            .iter()
-            .flatten()
-            .all(|m| m.name != MODEL_CA_VOLUME));
+        assert!(!mounts(&pod.containers[0], MODEL_CA_VOLUME));
     }
 
     #[test]
@@ -593,36 +609,18 @@ mod tests {
             key: "api-keys".into(),
         });
         let pod = pod(&spec);
-        let volume = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == API_KEYS_VOLUME)
-            .unwrap();
-        let secret = volume.secret.unwrap();
+        let secret = volume(&pod, API_KEYS_VOLUME).secret.unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("llm-keys"));
         assert_eq!(secret.items.unwrap()[0].key, "api-keys");
         let server = &pod.containers[0];
-        let file = server
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "SPECDEC_API_KEY_FILE")
-            .and_then(|e| e.value.clone())
-            .unwrap();
-        assert_eq!(file, format!("{API_KEYS_MOUNT_DIR}/{API_KEYS_FILE}"));
-        assert!(server
-            .volume_mounts
-            .iter()
-            .flatten()
-            .any(|m| m.name == API_KEYS_VOLUME && m.read_only == Some(true)));
+        assert_eq!(
+            env_value(server, "SPECDEC_API_KEY_FILE"),
+            Some(format!("{API_KEYS_MOUNT_DIR}/{API_KEYS_FILE}"))
+        );
+        assert!(mounts_read_only(server, API_KEYS_VOLUME));
         // The init containers that fetch models never see the keys.
-        for init in pod.init_containers.unwrap() {
-            assert!(init
-                .volume_mounts
-                .iter()
-                .flatten()
-                .all(|m| m.name != API_KEYS_VOLUME));
+        for init in pod.init_containers.iter().flatten() {
+            assert!(!mounts(init, API_KEYS_VOLUME));
         }
     }
 
